@@ -39,9 +39,11 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from edgefr.devices.cli import devices_command
+    from edgefr.latency.cli import latency_command, profile_command
     from edgefr.space.cli import models_command
 
-    for command in (models_command,):
+    for command in (devices_command, profile_command, latency_command, models_command):
         cli.add_command(command)
 
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefr.errors import EdgefrError
+from edgefr.errors import EdgefrError, read_json_file
 from edgefr.space.blocks import BlockSpec
 
 ARCH_SCHEMA = "edgefr.arch/1"
@@ -154,11 +154,5 @@ def arch_from_dict(d: dict, source: str = "arch") -> Arch:
 
 
 def load_arch_file(path: str | Path) -> Arch:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgefrError(f"{path}: no such architecture file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgefrError(f"{path}: not valid JSON ({exc}); expected an edgefr.arch/1 document") from None
+    data = read_json_file(path, "architecture file", f"expected an {ARCH_SCHEMA} document")
     return arch_from_dict(data, str(path))

@@ -24,7 +24,7 @@ class StageSpace:
     candidates: tuple[LayerChoice, ...]
 
 
-def _ir_candidates(expansions=(2, 4, 6), kernels=(3, 5)) -> tuple[LayerChoice, ...]:
+def _ir_candidates(expansions=(2, 4), kernels=(3, 5)) -> tuple[LayerChoice, ...]:
     return tuple(LayerChoice("ir", kernel=k, act=a, expansion=e)
                  for e, k, a in itertools.product(expansions, kernels, ACTIVATIONS))
 

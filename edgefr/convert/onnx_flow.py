@@ -1,0 +1,93 @@
+"""PyTorch -> ONNX (fp32 or int8 QDQ)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from edgefr.errors import EdgefrError
+
+
+def check_quantization(fmt: str, quantize: str, calibration, supported: tuple[str, ...] = ("fp32", "int8")) -> None:
+    if quantize not in supported:
+        raise EdgefrError(f"{fmt} quantization {quantize!r} is not supported; expected one of {', '.join(supported)}")
+    if quantize == "int8" and calibration is None:
+        raise EdgefrError(f"{fmt} int8 quantization needs calibration data")
+
+
+@contextlib.contextmanager
+def quiet_converter():
+    """Exporters print pages of progress and warnings; keep the user's terminal for edgefr's own messages."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def _torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
+    dynamic_shapes = ({"x": {0: torch.export.Dim("batch", min=1, max=1024)}},) if dynamic_batch else None
+    with quiet_converter():
+        try:
+            torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, external_data=False,
+                              input_names=["input"], output_names=["output"], dynamic_shapes=dynamic_shapes,
+                              verbose=False)
+        except Exception as exc:
+            raise EdgefrError(f"ONNX export of {type(model).__name__} failed: {str(exc).splitlines()[0]}") from None
+        import onnx
+        import onnxslim
+
+        slimmed = onnxslim.slim(onnx.load(str(path)))
+    onnx.save(slimmed, str(path))
+
+
+class _ArrayReader:
+    """onnxruntime.quantization CalibrationDataReader over NCHW float32 arrays."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+        self._iter = ({input_name: np.ascontiguousarray(b, dtype=np.float32)} for b in batches)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, quantize: str = "fp32",
+                calibration: Iterable[np.ndarray] | None = None, dynamic_batch: bool = False,
+                metadata: dict[str, object] | None = None) -> Path:
+    """Write `model` to `path` as ONNX; `quantize="int8"` needs `calibration` (NCHW float batches)."""
+    path = Path(path)
+    check_quantization("ONNX", quantize, calibration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        _torch_to_onnx(model, example, fp32, dynamic_batch)
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+            with quiet_converter():
+                quantize_static(str(fp32), str(Path(tmp) / "int8.onnx"), _ArrayReader("input", calibration),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=True)
+            fp32 = Path(tmp) / "int8.onnx"
+        if metadata:
+            import onnx
+
+            proto = onnx.load(str(fp32))
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+            onnx.save(proto, str(fp32))
+        fp32.replace(path)
+    return path

@@ -1,0 +1,154 @@
+"""`edgefr profile`: measure every block of the search space on a device and write its latency table.
+
+Long on purpose (minutes per device), so it checkpoints: blocks are converted and measured in chunks, and each
+measured chunk is saved to `<table>.partial.json`; a rerun resumes from it. Whole nets measured at the end fit the
+calibration (see `calibration.py`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgefr.devices.agent import cpu_model, runtime_version
+from edgefr.devices.spec import Device
+from edgefr.devices.transports import open_transport
+from edgefr.errors import EdgefrError
+from edgefr.latency.calibration import fit_calibration
+from edgefr.latency.lut import LatencyTable, check_table_matches, load_table
+from edgefr.latency.models import ModelFileCache, context_key, converter_versions
+from edgefr.space.arch import Arch
+from edgefr.space.blocks import BlockSpec
+from edgefr.space.registry import resolve_arch
+from edgefr.space.searchspace import SearchSpace
+
+CALIBRATION_SEED = 12345  # benchmarks sample with other seeds, so calibration nets are not test nets
+MIN_CALIBRATION_NETS = 4  # three coefficients (two scales, one offset) need more nets than unknowns
+
+
+def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Arch]:
+    """Named MobileFaceNet variants (the nets users start from) plus seeded random points of the space."""
+    named = [resolve_arch(n) for n in ("mobilefacenet", "mobilefacenet_relu", "mobilefacenet_w050_d050_relu",
+                                       "mobilefacenet_w125")]
+    rng = random.Random(CALIBRATION_SEED)
+    sampled = [space.sample(rng, name=f"calibration-{i}", embedding=embedding) for i in range(count)]
+    archs = [a for a in named if a.embedding == embedding] + sampled
+    return archs[:count]
+
+
+def _measure_files(device: Device, files: dict[str, Path], seed: int, label: str) -> dict:
+    transport = open_transport(device)
+    with tqdm(total=len(files) * device.protocol["passes"], desc=label, unit="model", leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = max(bar.total, total)
+            bar.update(done - bar.n)
+
+        return transport.measure(files, seed=seed, progress=progress)
+
+
+def _device_record(device: Device, result: dict) -> dict:
+    return {**device.summary(), "runtime_version": result["runtime_version"], "cpu": result["cpu"],
+            "platform": result.get("platform", "")}
+
+
+def _new_table(device: Device, space: SearchSpace) -> LatencyTable:
+    device_record = device.summary()
+    if device.transport == "local":
+        device_record.update(runtime_version=runtime_version(device.runtime), cpu=cpu_model())
+    return LatencyTable(device=device_record, space=space.name, protocol=dict(device.protocol),
+                        converter=converter_versions())
+
+
+def _resume_or_new(device: Device, space: SearchSpace, out: Path, partial: Path, fresh: bool) -> LatencyTable:
+    """Continue a partial run, or extend an existing table of the same device and converter; else start anew."""
+    for candidate in (partial, out):
+        if fresh or not candidate.is_file():
+            continue
+        try:
+            table = load_table(candidate)
+            check_table_matches(table, device)
+        except EdgefrError:
+            continue
+        if table.space == space.name and table.converter == converter_versions():
+            known = {s.key for s in space.all_block_specs()}
+            table.entries = {k: v for k, v in table.entries.items() if k in known}
+            return table
+    return _new_table(device, space)
+
+
+def _entry(spec: BlockSpec, measured: dict, contexts: dict[str, dict]) -> dict:
+    entry = {**measured, "measured_ms": measured["ms"], "block": spec.as_dict()}
+    if spec.kind != "stem":
+        ctx = context_key(spec.res, spec.cin)
+        # A block cheaper than the noise of the difference is kept at 1% of its measurement, never <= 0.
+        entry.update(ms=max(measured["ms"] - contexts[ctx]["ms"], 0.01 * measured["ms"]), context=ctx)
+    return entry
+
+
+def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,
+                   calibration_nets: int = 12, embedding: int = 128, seed: int = 0, chunk_size: int = 64,
+                   fresh: bool = False, log=print) -> LatencyTable:
+    specs = blocks if blocks is not None else space.all_block_specs()
+    partial = out.with_name(out.stem + ".partial.json")
+    table = _resume_or_new(device, space, out, partial, fresh)
+    todo = [s for s in specs if s.key not in table.entries]
+    if len(todo) < len(specs):
+        log(f"resuming: {len(specs) - len(todo)} of {len(specs)} blocks already measured in {table.path}")
+    cache = ModelFileCache(device.runtime, device.dtype)
+    rng = random.Random(seed)
+    rng.shuffle(todo)  # randomized order across chunks too: no block family measured all at once
+    with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"profile {device.name}", unit="block") as bar:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            files = {}
+            for spec in chunk:
+                bar.set_postfix_str(f"convert {spec.key}")
+                files[spec.key] = cache.block(spec)
+                ctx = context_key(spec.res, spec.cin)
+                if spec.kind != "stem" and ctx not in table.contexts:
+                    files[ctx] = cache.context(spec.res, spec.cin)
+            bar.set_postfix_str("measure")
+            result = _measure_files(device, files, seed + start, "measure")
+            table.device = _device_record(device, result)
+            table.contexts.update({k: v for k, v in result["results"].items() if k.startswith("context:")})
+            for spec in chunk:
+                table.entries[spec.key] = _entry(spec, result["results"][spec.key], table.contexts)
+            table.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            table.save(partial)
+            bar.update(len(chunk))
+    table.calibration = calibrate(device, space, table, cache, calibration_nets, embedding, seed, log)
+    table.save(out)
+    partial.unlink(missing_ok=True)
+    return table
+
+
+def calibrate(device: Device, space: SearchSpace, table: LatencyTable, cache: ModelFileCache, count: int,
+              embedding: int, seed: int, log=print) -> dict | None:
+    """Measure whole nets whose blocks are all in the table and fit the block-sum calibration."""
+    from edgefr.latency.predictor import LatencyPredictor
+
+    if count <= 0:
+        return None
+    archs = [a for a in calibration_archs(space, count, embedding) if not table.missing(a.block_specs())]
+    if len(archs) < MIN_CALIBRATION_NETS:
+        log(f"calibration skipped: only {len(archs)} calibration nets are covered by the profiled blocks "
+            f"(need {MIN_CALIBRATION_NETS}); predictions are raw block sums")
+        return None
+    files = {a.name: cache.network(a) for a in tqdm(archs, desc="convert calibration nets", unit="net", leave=False)}
+    result = _measure_files(device, files, seed + 1, "measure calibration nets")
+    uncalibrated = LatencyPredictor(LatencyTable(device=table.device, space=table.space, protocol=table.protocol,
+                                                 entries=table.entries))
+    nets = []
+    for arch in archs:
+        raw_by_act: dict[str, float] = {}
+        for block in uncalibrated.predict(arch).blocks:
+            raw_by_act[block.spec.act] = raw_by_act.get(block.spec.act, 0.0) + block.raw_ms
+        nets.append({"name": arch.name, "arch": arch.to_dict(), "raw_by_act": raw_by_act,
+                     "measured_ms": result["results"][arch.name]["ms"]})
+    calibration = fit_calibration(nets)
+    log(f"calibration on {len(nets)} whole nets: scale {calibration['scale']}, offset "
+        f"{calibration['offset_ms']:.3f} ms, fit MAPE {100 * calibration['fit']['mape']:.2f}%")
+    return calibration

@@ -1,0 +1,22 @@
+"""Helpers shared by the tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run_edgefr(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `edgefr` entry point in a subprocess, as a user would; text output, no exception on failure."""
+    return subprocess.run([sys.executable, "-m", "edgefr.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user error: non-zero exit, a single `error:` line on stderr naming what was wrong, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

@@ -1,0 +1,180 @@
+"""Latency tables: real small profiles on ONNX Runtime and TFLite, prediction, calibration, and bad tables."""
+
+import json
+
+import pytest
+import torch
+
+from edgefr.devices import resolve_device
+from edgefr.errors import EdgefrError
+from edgefr.latency import ArchProbabilities, ExpectedLatency, LatencyPredictor, load_device_table, load_table
+from edgefr.latency.calibration import fit_calibration
+from edgefr.latency.lut import LatencyTable
+from edgefr.latency.profile import profile_device
+from edgefr.space import MFN_SPACE, resolve_arch
+from tests.support import assert_one_line_error, run_edgefr
+
+FAST_PROTOCOL = '[protocol]\nwarmup_s = 0.01\ntrial_s = 0.005\ntrials = 3\npasses = 2\nmax_extra_passes = 1\n'
+SMALL_ARCH = "mobilefacenet_w050_d050_relu"
+
+
+def write_device(tmp_path, name, runtime, dtype="fp32"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'runtime = "{runtime}"\ndtype = "{dtype}"\nthreads = 1\nmetric = "thread_cpu"\n' + FAST_PROTOCOL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_ort_table(tmp_path_factory):
+    """A real profile of every block of one small arch on this host's ONNX Runtime."""
+    tmp = tmp_path_factory.mktemp("ort")
+    device = resolve_device(str(write_device(tmp, "tiny-ort", "onnxruntime")))
+    table = profile_device(device, MFN_SPACE, tmp / "tiny-ort.json", blocks=resolve_arch(SMALL_ARCH).block_specs(),
+                           calibration_nets=0, log=lambda *_: None)
+    return device, table
+
+
+@pytest.mark.slow
+def test_small_profile_on_onnxruntime_is_measured_and_predicts_the_whole_net(small_ort_table):
+    device, table = small_ort_table
+    reloaded = load_table(table.path)
+    assert reloaded.device["runtime_version"] and reloaded.device["cpu"] and reloaded.device["name"] == "tiny-ort"
+    specs = resolve_arch(SMALL_ARCH).block_specs()
+    assert not reloaded.missing(specs)
+    for spec in specs:
+        entry = reloaded.entries[spec.key]
+        assert 0 < entry["ms"] <= entry["measured_ms"] and len(entry["passes"]) >= 2
+    # Bigger blocks cost more: a 56x56 stride-2 bottleneck against a 7x7 one of the same expansion.
+    by_res = {s.res: reloaded.ms(s) for s in specs if s.kind == "ir" and s.stride == 2}
+    assert by_res[56] > by_res[14]
+    prediction = LatencyPredictor(reloaded).predict(resolve_arch(SMALL_ARCH))
+    assert not prediction.calibrated and prediction.total_ms == pytest.approx(prediction.raw_sum_ms)
+
+
+@pytest.mark.slow
+def test_small_profile_on_tflite_int8_runs_for_real(tmp_path):
+    device = resolve_device(str(write_device(tmp_path, "tiny-tfl", "tflite", "int8")))
+    blocks = resolve_arch(SMALL_ARCH).block_specs()[:3]
+    table = profile_device(device, MFN_SPACE, tmp_path / "t.json", blocks=blocks, calibration_nets=0,
+                           log=lambda *_: None)
+    assert set(table.entries) == {b.key for b in blocks}
+    assert table.device["runtime"] == "tflite" and "ai-edge-litert" in table.device["runtime_version"]
+    assert all(e["ms"] > 0 for e in table.entries.values())
+
+
+@pytest.mark.slow
+def test_profile_resumes_from_its_partial_file(tmp_path):
+    device = resolve_device(str(write_device(tmp_path, "resume-ort", "onnxruntime")))
+    blocks = resolve_arch(SMALL_ARCH).block_specs()[:4]
+    out = tmp_path / "resume-ort.json"
+    first = profile_device(device, MFN_SPACE, out, blocks=blocks[:2], calibration_nets=0, log=lambda *_: None)
+    out.rename(tmp_path / "resume-ort.partial.json")  # as if interrupted after the first chunk
+    messages = []
+    second = profile_device(device, MFN_SPACE, out, blocks=blocks, calibration_nets=0, log=messages.append)
+    assert any("resuming: 2 of 4" in m for m in messages)
+    for key, entry in first.entries.items():
+        assert second.entries[key]["passes"] == entry["passes"]  # kept, not measured again
+    assert not (tmp_path / "resume-ort.partial.json").exists()
+
+
+def test_calibration_recovers_per_activation_scales_and_offset():
+    truth = {"relu": 0.8, "prelu": 1.1}
+    nets = []
+    for relu_ms, prelu_ms in [(1, 0), (2, 1), (0, 3), (4, 2), (3, 3), (1, 5)]:
+        nets.append({"name": f"{relu_ms}-{prelu_ms}", "raw_by_act": {"relu": relu_ms, "prelu": prelu_ms},
+                     "measured_ms": truth["relu"] * relu_ms + truth["prelu"] * prelu_ms + 0.2})
+    fit = fit_calibration(nets)
+    assert fit["scale"]["relu"] == pytest.approx(0.8, abs=1e-6)
+    assert fit["scale"]["prelu"] == pytest.approx(1.1, abs=1e-6)
+    assert fit["offset_ms"] == pytest.approx(0.2, abs=1e-6) and fit["fit"]["mape"] < 1e-6
+
+
+def synthetic_full_table() -> LatencyTable:
+    """A full-space table whose numbers grow with block work, to test prediction arithmetic (not latency)."""
+    entries = {}
+    for spec in MFN_SPACE.all_block_specs():
+        work = spec.cin * spec.cout * spec.res * spec.res * spec.expansion * spec.kernel / spec.stride ** 2
+        entries[spec.key] = {"ms": 1e-7 * work + (0.02 if spec.act == "prelu" else 0.01)}
+    calibration = {"scale": {"relu": 0.9, "prelu": 1.2}, "offset_ms": 0.05}
+    return LatencyTable(device={"name": "synthetic"}, space=MFN_SPACE.name, protocol={}, entries=entries,
+                        calibration=calibration)
+
+
+def test_expected_latency_equals_the_prediction_of_one_hot_archs():
+    predictor = LatencyPredictor(synthetic_full_table())
+    expected = ExpectedLatency(predictor, MFN_SPACE, embedding=128)
+    for name in ("mobilefacenet", "mobilefacenet_relu", "mobilefacenet_w050_d050_relu", "mobilefacenet_w125"):
+        arch = resolve_arch(name)
+        value = expected(ArchProbabilities.one_hot(MFN_SPACE, arch))
+        assert value.item() == pytest.approx(predictor.predict(arch).total_ms, rel=1e-5)
+
+
+def test_expected_latency_is_differentiable_in_every_decision():
+    expected = ExpectedLatency(LatencyPredictor(synthetic_full_table()), MFN_SPACE, embedding=128)
+    logits = ArchProbabilities(
+        stem_act=torch.zeros(2, requires_grad=True),
+        widths=[torch.zeros(len(s.widths), requires_grad=True) for s in MFN_SPACE.stages],
+        depths=[torch.zeros(len(s.depths), requires_grad=True) for s in MFN_SPACE.stages],
+        layers=[torch.zeros(max(s.depths), len(s.candidates), requires_grad=True) for s in MFN_SPACE.stages],
+        head_act=torch.zeros(2, requires_grad=True))
+    probs = ArchProbabilities(stem_act=logits.stem_act.softmax(-1), widths=[w.softmax(-1) for w in logits.widths],
+                              depths=[d.softmax(-1) for d in logits.depths],
+                              layers=[layer.softmax(-1) for layer in logits.layers], head_act=logits.head_act.softmax(-1))
+    expected(probs).backward()
+    for tensor in [logits.stem_act, logits.head_act, *logits.widths, *logits.depths, *logits.layers]:
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+    # Wider is slower: the gradient pushes probability away from the widest option of the widest stage.
+    assert logits.widths[2].grad[-1] > logits.widths[2].grad[0]
+
+
+def test_missing_blocks_are_an_error_not_a_zero():
+    table = synthetic_full_table()
+    arch = resolve_arch("mobilefacenet")
+    del table.entries[arch.block_specs()[3].key]
+    with pytest.raises(EdgefrError, match="lacks 1 block"):
+        LatencyPredictor(table).predict(arch)
+
+
+def test_corrupt_truncated_or_foreign_tables_are_clear_errors(tmp_path):
+    good = synthetic_full_table()
+    good.device = {"name": "host-ort", "runtime": "onnxruntime", "dtype": "fp32", "threads": 1,
+                   "metric": "thread_cpu", "transport": "local", "runtime_version": "0.0.1", "cpu": "other"}
+    path = good.save(tmp_path / "host-ort.json")
+    text = path.read_text()
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(text[: len(text) // 2])
+    with pytest.raises(EdgefrError, match="truncated.json: corrupt or truncated latency table"):
+        load_table(truncated)
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"schema": "something/2"}))
+    with pytest.raises(EdgefrError, match="not a latency table"):
+        load_table(foreign)
+    with pytest.raises(EdgefrError, match="measured with onnxruntime 0.0.1|measured with 0.0.1"):
+        load_device_table(resolve_device("host-ort"), path)
+    with pytest.raises(EdgefrError, match="measured with name='host-ort', but device 'host-tflite'"):
+        load_device_table(resolve_device("host-tflite"), path)
+
+
+def test_cli_latency_with_a_truncated_table_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "host-ort.json"
+    bad.write_text('{"schema": "edgefr.lut/1", "entries": {"stem')
+    assert_one_line_error(run_edgefr("latency", "--arch", "mobilefacenet", "--device", "host-ort", "--table", str(bad)),
+                          "host-ort.json", "corrupt or truncated latency table")
+
+
+@pytest.mark.slow
+def test_cli_latency_measure_prints_breakdown_prediction_and_error(small_ort_table, tmp_path):
+    device, table = small_ort_table
+    result = run_edgefr("latency", "--arch", SMALL_ARCH, "--device", device.source, "--table", str(table.path),
+                        "--measure")
+    assert result.returncode == 0, result.stderr
+    assert "stem:r112:c3-32" in result.stdout and "head:r7" in result.stdout
+    predicted = float(result.stdout.split("predicted:")[1].split()[0])
+    measured = float(result.stdout.split("measured:")[1].split()[0])
+    assert predicted == pytest.approx(table_total(table), rel=1e-3)
+    # In-context block entries already sum close to the whole net, even uncalibrated, on a loaded CI machine.
+    assert 0.5 < predicted / measured < 1.6
+
+
+def table_total(table):
+    return sum(table.entries[s.key]["ms"] for s in resolve_arch(SMALL_ARCH).block_specs())
