@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from edgefr.paths import shared_dir
+
+CELEBA = shared_dir() / "faces" / "celeba"
 
 
 def run_edgefr(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -20,3 +27,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def first_identities(root: Path, count: int) -> Path:
+    """An ImageFolder of links to the first `count` CelebA identities (about 21 real faces each)."""
+    if not CELEBA.is_dir():
+        pytest.skip("../shared/faces/celeba is absent")
+    root.mkdir(parents=True, exist_ok=True)
+    for identity in sorted(CELEBA.iterdir())[:count]:
+        (root / identity.name).symlink_to(identity)
+    return root

@@ -8,10 +8,13 @@ import numpy as np
 import torch
 
 from edgefr.convert.onnx_flow import export_onnx
+from edgefr.convert.rewrites import decompose_prelu
 from edgefr.convert.tflite_flow import export_tflite
 from edgefr.errors import EdgefrError
 
 RUNTIME_SUFFIX = {"onnxruntime": ".onnx", "tflite": ".tflite"}
+# Bump when a flow changes the graphs it writes: cached model files and latency tables record it and go stale.
+FLOW_VERSION = "2"
 
 
 def latency_calibration_batches(shape: tuple[int, ...], count: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -25,10 +28,11 @@ def latency_calibration_batches(shape: tuple[int, ...], count: int = 4, seed: in
 
 def convert_for_runtime(model: torch.nn.Module, example: torch.Tensor, runtime: str, dtype: str, path: str | Path,
                         calibration: list[np.ndarray] | None = None) -> Path:
+    """Convert as deployed on `runtime`: ONNX Runtime gets PReLU decomposed (see `rewrites.DecomposedPReLU`)."""
     if runtime not in RUNTIME_SUFFIX:
         raise EdgefrError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIME_SUFFIX)}")
     if dtype == "int8" and calibration is None:
         calibration = latency_calibration_batches(tuple(example.shape))
     if runtime == "onnxruntime":
-        return export_onnx(model, example, path, quantize=dtype, calibration=calibration)
+        return export_onnx(decompose_prelu(model), example, path, quantize=dtype, calibration=calibration)
     return export_tflite(model, example, path, quantize=dtype, calibration=calibration)

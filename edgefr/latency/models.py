@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from edgefr.convert import RUNTIME_SUFFIX, convert_for_runtime
+from edgefr.convert import FLOW_VERSION, RUNTIME_SUFFIX, convert_for_runtime
 from edgefr.paths import cache_dir
 from edgefr.space.arch import Arch
 from edgefr.space.blocks import BlockSpec, ConvBNAct
@@ -30,7 +30,7 @@ def context_module(channels: int) -> torch.nn.Module:
 
 
 def converter_versions() -> dict[str, str]:
-    versions = {}
+    versions = {"edgefr-flow": FLOW_VERSION}
     for dist in ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert"):
         try:
             versions[dist] = importlib.metadata.version(dist)

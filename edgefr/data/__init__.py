@@ -1,0 +1,1 @@
+"""Aligned face data: image folders, pairs, insightface formats, alignment and augmentation."""

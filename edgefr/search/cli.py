@@ -1,0 +1,73 @@
+"""`edgefr search`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def ensure_table(device_name: str, log) -> None:
+    """This host's table must exist and match its CPU and runtime; profile it first if not (remote devices: error)."""
+    from edgefr.devices import resolve_device
+    from edgefr.errors import EdgefrError
+    from edgefr.latency import load_device_table, table_path
+    from edgefr.latency.profile import profile_device
+    from edgefr.space import MFN_SPACE
+
+    device = resolve_device(device_name)
+    try:
+        load_device_table(device)
+        return
+    except EdgefrError as problem:
+        if device.transport != "local":
+            raise
+        log(f"{problem}\nprofiling {device.name} first (checkpointed; interrupt and rerun to resume)")
+    profile_device(device, MFN_SPACE, table_path(device.table_name), log=log)
+
+
+@click.command("search")
+@click.option("--latency-ms", "budgets", type=float, multiple=True, required=True,
+              help="Latency budget in ms (one, or one per --device).")
+@click.option("--device", "devices", multiple=True, default=["host-ort"], show_default=True,
+              help="Device(s) the student must meet the budget on; repeat for several.")
+@click.option("--teacher", default="sface", show_default=True, help="Teacher name or model file.")
+@click.option("--data", help="ImageFolder of aligned faces [$EDGEFR_DATA, else ../shared/faces/celeba].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [runs/search-<ms>ms].")
+@click.option("--kd", default="proxyless,mimic", show_default=True, help="Distillation methods guiding the search.")
+@click.option("--steps", default=300, show_default=True, help="Search steps (one sampled architecture each).")
+@click.option("--warmup-steps", default=60, show_default=True, help="Steps training weights before the arch.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--distill-epochs", default=3, show_default=True, help="Epochs distilling the searched student.")
+@click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
+@click.option("--max-images", type=int, help="Use at most this many training images (whole identities).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs, embedding,
+                   max_images, seed, no_train, resume) -> None:
+    """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
+
+    \b
+    Writes OUT/arch.json (the searched architecture), OUT/student.pt (distilled, unless --no-train),
+    OUT/report.{json,md,png}. Interrupt at any time; --resume continues where it stopped.
+    """
+    from edgefr.distill.cli import default_data
+    from edgefr.distill.losses import parse_methods
+    from edgefr.search import SearchConfig, run_pipeline
+
+    for device in devices:
+        ensure_table(device, click.echo)
+    data = data or default_data()
+    out = out or Path("runs") / f"search-{'-'.join(f'{b:g}' for b in budgets)}ms"
+    config = SearchConfig(devices=tuple(devices), budgets_ms=tuple(budgets), methods=parse_methods(kd), steps=steps,
+                          warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding),
+                          seed=seed, max_images=max_images)
+    summary = run_pipeline(config, teacher, data, out, train=not no_train, distill_epochs=distill_epochs,
+                           resume=resume, log=click.echo)
+    for b in summary["budgets"]:
+        click.echo(f"{b['device']}: budget {b['budget_ms']:g} ms, predicted {b['predicted_ms']:.2f} ms, measured "
+                   f"{b['measured_ms']:.2f} ms ({b['measured_over_budget']:.2f} x budget)")
+    for name, result in summary.get("accuracy", {}).items():
+        click.echo(f"{name}: {100 * result['accuracy']:.2f} +- {100 * result['accuracy_std']:.2f} %")
+    click.echo(f"outputs in {out}: arch.json{', student.pt' if not no_train else ''}, report.md, report.json, report.png")

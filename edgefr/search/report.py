@@ -1,0 +1,70 @@
+"""The search report: report.json (the record), report.md (for people), report.png (trajectories)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgefr.space import arch_from_dict
+
+
+def write_report(out: Path, summary: dict) -> None:
+    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    _plot(out / "report.png", summary)
+    (out / "report.md").write_text(_markdown(summary))
+
+
+def _markdown(summary: dict) -> str:
+    arch = arch_from_dict(summary["arch"])
+    lines = [f"# edgefr search: {arch.name}", "", "| device | budget ms | predicted ms | measured ms | measured / budget |",
+             "|---|---|---|---|---|"]
+    for b in summary["budgets"]:
+        lines.append(f"| {b['device']} | {b['budget_ms']:g} | {b['predicted_ms']:.2f} | {b['measured_ms']:.2f} | "
+                     f"{b['measured_over_budget']:.2f}{'' if b['within_window'] else ' (outside 0.90-1.00)'} |")
+    lines += ["", f"Params {summary['params'] / 1e6:.3f}M, {summary['mflops']:.1f} MFLOPs, "
+              f"{summary['search']['steps']} search steps.", "", "## Architecture", "",
+              "| stage | width | layer | block |", "|---|---|---|---|"]
+    for s, stage in enumerate(arch.stages):
+        for j, layer in enumerate(stage.layers):
+            lines.append(f"| {s} | {stage.width} | {j} | {layer.label} |")
+    lines += ["", f"Stem {arch.stem_act}, head {arch.head_width} {arch.head_act}, embedding {arch.embedding}.", ""]
+    if "accuracy" in summary:
+        lines += ["## Accuracy", "", "| set | accuracy % | std |", "|---|---|---|"]
+        for name, result in summary["accuracy"].items():
+            lines.append(f"| {name} | {100 * result['accuracy']:.2f} | {100 * result['accuracy_std']:.2f} |")
+        lines.append("")
+    lines += ["## Fitting and measurement", ""]
+    for r in summary["measurement_rounds"]:
+        lines.append(f"- round {r['round']}: {len(r['moves'])} moves; measured {r['measured_ms']}")
+    lines += ["", "![trajectories](report.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trajectory = summary["search"]["trajectory"]
+    if not trajectory:
+        return
+    steps = [t["step"] for t in trajectory]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for b in summary["budgets"]:
+        axes[0].plot(steps, [t["expected_ms"][b["device"]] for t in trajectory], label=f"E[latency] {b['device']}")
+        axes[0].axhline(b["budget_ms"], linestyle="--", color="gray")
+    axes[0].set(title="expected latency vs budget", xlabel="step", ylabel="ms")
+    axes[0].legend(fontsize=7)
+    for s in range(len(trajectory[0]["widths"])):
+        expected_width = [sum(p * i for i, p in enumerate(t["widths"][s])) for t in trajectory]
+        expected_depth = [sum(p * i for i, p in enumerate(t["depths"][s])) for t in trajectory]
+        axes[1].plot(steps, expected_width, label=f"stage {s}")
+        axes[2].plot(steps, expected_depth, label=f"stage {s}")
+    axes[1].set(title="width distribution (mean option index)", xlabel="step")
+    axes[2].set(title="depth distribution (mean option index)", xlabel="step")
+    axes[1].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

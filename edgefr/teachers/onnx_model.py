@@ -1,0 +1,88 @@
+"""ONNX face models under onnxruntime, repaired in memory where onnxruntime refuses them as shipped."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edgefr.errors import EdgefrError
+from edgefr.paths import cache_dir
+from edgefr.teachers.base import Teacher, file_sha256, probe_embedding_dim
+from edgefr.teachers.preprocessing import resolve_preprocessing
+
+log = logging.getLogger(__name__)
+
+# Where an exported model declares its input convention (JSON with the preprocessing keys).
+PREPROCESSING_METADATA_KEY = "edgefr.preprocessing"
+
+
+def _repair_graph(model, source: Path) -> bool:
+    """Drop graph inputs that are initializers or that no node reads (SFace lists its weights as inputs,
+    which onnxruntime refuses) and make the batch dimension symbolic. True if anything changed."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    consumed = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.input if t.name not in initializers and t.name in consumed]
+    changed = len(kept) != len(graph.input)
+    if changed:
+        del graph.input[:]
+        graph.input.extend(kept)
+    if len(graph.input) != 1:
+        raise EdgefrError(f"{source}: expected a face model with one image input, found inputs "
+                          f"{[t.name for t in graph.input]}")
+    for tensor in (*graph.input, *graph.output):
+        dims = tensor.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+            changed = True
+    if changed:
+        # Intermediate shapes recorded for the old fixed batch would contradict the new symbolic one.
+        del graph.value_info[:]
+    return changed
+
+
+def load_onnx_teacher(path: str | Path, name: str | None = None, preprocessing: dict | None = None,
+                      default_preprocessing: dict | None = None) -> Teacher:
+    """An ONNX model as a Teacher. Preprocessing: `preprocessing` if given, else the model's
+    `edgefr.preprocessing` metadata, else `default_preprocessing`."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgefrError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError and friends for non-ONNX files
+        raise EdgefrError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise EdgefrError(f"{path}: not an ONNX model (empty graph)")
+    metadata = {p.key: p.value for p in model.metadata_props}
+    spec = resolve_preprocessing(str(path), preprocessing, metadata.get(PREPROCESSING_METADATA_KEY),
+                                 default_preprocessing)
+    fingerprint = file_sha256(path)
+    runnable = path
+    if _repair_graph(model, path):
+        runnable = cache_dir() / "onnx" / f"{path.stem}-{fingerprint[:16]}.onnx"
+        if not runnable.is_file():
+            runnable.parent.mkdir(parents=True, exist_ok=True)
+            tmp = runnable.with_name(runnable.name + ".tmp")
+            onnx.save(model, str(tmp))
+            tmp.replace(runnable)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime warns about every unused initializer of such graphs
+    try:
+        session = ort.InferenceSession(str(runnable), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise EdgefrError(f"{path}: onnxruntime cannot load the model ({str(exc).splitlines()[0][:200]})") from None
+    input_name = session.get_inputs()[0].name
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: batch})[0]
+
+    dim, batched = probe_embedding_dim(forward, spec, path)
+    if not batched:
+        log.info("%s: the graph fixes batch size 1; running one image at a time", path)
+    return Teacher(name or path.stem, spec, forward, dim, fingerprint, max_batch=64 if batched else 1)

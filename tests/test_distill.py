@@ -1,0 +1,316 @@
+"""Distillation: each KD loss on real faces, the engine (resume, DDP, best/last checkpoints) and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgefr.cli import cli
+from edgefr.distill import (EmbeddingMimic, MarginSoftmax, ModuleEmbedder, NeuronRegression, checkpoint_for_epoch,
+                            distill, fisher_scores, parse_methods, select_neurons)
+from edgefr.distill.embedder import to_model_input
+from edgefr.errors import EdgefrError
+from edgefr.paths import shared_dir
+from edgefr.space import create_model, load_student
+from tests.support import first_identities
+
+CELEBA = shared_dir() / "faces" / "celeba"
+LFW = shared_dir() / "faces" / "lfw"
+TINY = "mobilefacenet_w050_d050_relu"
+needs_faces = pytest.mark.skipif(not CELEBA.is_dir(), reason="../shared/faces/celeba is absent")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Teacher embeddings cached per test module, away from the user's cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("EDGEFR_CACHE")
+    os.environ["EDGEFR_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["EDGEFR_CACHE"]
+    else:
+        os.environ["EDGEFR_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    return first_identities(tmp_path_factory.mktemp("faces12"), 12)
+
+
+@pytest.fixture(scope="module")
+def taught(faces, cache):
+    """SFace and its cached embeddings of `faces`: (dataset, labels, targets [2, N, 128])."""
+    from edgefr.data.faces import ImageFolderFaces
+    from edgefr.distill.engine import teacher_targets
+    from edgefr.teachers import load_teacher
+
+    dataset = ImageFolderFaces(faces)
+    labels = np.array([label for _, label in dataset.samples])
+    return dataset, labels, teacher_targets(load_teacher("sface"), dataset)
+
+
+def batch(dataset, labels, per_class: int = 4, classes: int = 8):
+    """`per_class` images of each of the first `classes` identities, as model input, labels and indices."""
+    picks = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(classes)])
+    images = torch.stack([dataset[int(i)][0] for i in picks])
+    return to_model_input(images, create_model(TINY).preprocessing), torch.as_tensor(labels[picks]), picks
+
+
+def train_steps(parameters, loss_fn, steps: int = 8, lr: float = 1e-3) -> list[float]:
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+
+def test_parse_methods():
+    assert parse_methods("proxyless, mimic") == ("proxyless", "mimic")
+    assert parse_methods("none") == ()
+    with pytest.raises(EdgefrError, match="unknown --kd method 'bogus'"):
+        parse_methods("mimic,bogus")
+    with pytest.raises(EdgefrError, match="two margin heads"):
+        parse_methods("arcface,cosface")
+
+
+def test_arcface_margin_is_monotonic_and_cosface_subtracts():
+    theta = torch.linspace(0, torch.pi, 200)
+    embedding = torch.stack([torch.cos(theta), torch.sin(theta)], 1)
+    labels = torch.zeros(200, dtype=torch.long)
+    arc = MarginSoftmax(2, 2, "arcface", scale=1.0, weight=torch.eye(2))
+    target = arc.logits(embedding, labels)[:, 0]
+    assert torch.all(target <= torch.cos(theta) + 1e-6)
+    # Easy-margin safety: past pi - m the logit keeps decreasing with the angle instead of rising again.
+    assert torch.all(target[1:] <= target[:-1] + 1e-6)
+    cos = MarginSoftmax(2, 2, "cosface", scale=1.0, weight=torch.eye(2))
+    assert torch.allclose(cos.logits(embedding, labels)[:, 0], torch.cos(theta) - 0.35, atol=1e-5)
+
+
+@needs_faces
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+def test_margin_head_learns_identities(taught, kind):
+    dataset, labels, _ = taught
+    images, targets, _ = batch(dataset, labels)
+    student = create_model(TINY)
+    head = MarginSoftmax(student.embedding_dim, 8, kind)
+    losses = train_steps([*student.parameters(), *head.parameters()], lambda: head(student(images), targets),
+                         lr=3e-3)
+    assert losses[-1] < losses[0]
+
+
+@needs_faces
+def test_mimic_raises_cosine_to_teacher(taught):
+    dataset, labels, targets = taught
+    images, _, picks = batch(dataset, labels)
+    teacher = targets[0, picks]
+    student = create_model(TINY)
+    mimic = EmbeddingMimic(student.embedding_dim, 96)  # a different teacher width goes through the projection
+    mimic_same = EmbeddingMimic(student.embedding_dim, teacher.shape[1])
+    assert isinstance(mimic_same.project, torch.nn.Identity) and isinstance(mimic.project, torch.nn.Linear)
+
+    def cosine() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cosine_similarity(student(images), teacher).mean().item()
+
+    before = cosine()
+    losses = train_steps(student.parameters(), lambda: mimic_same(student(images), teacher))
+    assert losses[-1] < losses[0]
+    assert cosine() > before + 0.05
+
+
+@needs_faces
+def test_proxyless_learns_the_frozen_teacher_classifier(taught):
+    from edgefr.distill.data import split_dataset
+    from edgefr.distill.engine import class_centres
+
+    dataset, labels, targets = taught
+    split = split_dataset(labels, 0.1, seed=0)
+    centres = class_centres(None, targets, labels, split)
+    images, classes, _ = batch(dataset, labels)
+    student = create_model(TINY)
+    head = MarginSoftmax(centres.shape[1], split.num_classes, "arcface", weight=centres)
+    assert not list(head.parameters())  # inherited and frozen: nothing of the classifier is trained
+
+    def hits() -> int:
+        with torch.no_grad():
+            return int((head.logits(student.eval()(images)).argmax(1) == classes).sum())
+
+    before = hits()
+    student.train()
+    losses = train_steps(student.parameters(), lambda: head(student(images), classes), steps=10, lr=3e-3)
+    assert losses[-1] < losses[0]
+    assert torch.equal(head.weight, torch.nn.functional.normalize(centres, dim=1))
+    assert hits() > before
+    # The teacher's own embeddings already sit by their class centre: the space the student is pulled into.
+    teacher_hits = (head.logits(targets[0, split.train]).argmax(1).numpy() == labels[split.train]).mean()
+    assert teacher_hits > 0.9
+
+
+@needs_faces
+def test_neuron_selection_is_discriminative_and_decorrelated(taught):
+    dataset, labels, targets = taught
+    embeddings = targets[0].numpy()
+    selection = select_neurons(embeddings, labels, count=32, max_correlation=0.5)
+    assert len(selection.indices) == 32 and len(set(selection.indices.tolist())) == 32
+    assert np.all(selection.scores[selection.indices] > np.median(selection.scores))
+    assert np.allclose(selection.scores, fisher_scores(embeddings, labels))
+
+    def correlations(indices):
+        matrix = np.abs(np.corrcoef(embeddings[:, indices], rowvar=False))
+        return matrix[~np.eye(len(indices), dtype=bool)]
+
+    assert correlations(selection.indices).max() < 0.5
+    # The decorrelation matters: the 32 best F scores alone include more redundant neurons.
+    top_f = np.argsort(-selection.scores)[:32]
+    assert correlations(top_f).max() >= 0.5
+    assert correlations(selection.indices).mean() < correlations(top_f).mean()
+
+    images, _, picks = batch(dataset, labels)
+    student = create_model(TINY)
+    regression = NeuronRegression(student.embedding_dim, selection)
+    losses = train_steps([*student.parameters(), *regression.parameters()],
+                         lambda: regression(student(images), targets[0, picks]), lr=3e-3)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_multistep_maps_student_epochs_to_teacher_maturity():
+    assert [checkpoint_for_epoch(e, 4, 8) for e in range(4)] == [1, 3, 5, 7]
+    assert [checkpoint_for_epoch(e, 6, 3) for e in range(6)] == [0, 0, 1, 1, 2, 2]
+    assert checkpoint_for_epoch(0, 1, 5) == 4
+
+
+# --- engine ---------------------------------------------------------------------------------------------------
+
+SMALL = {"batch_size": 16, "max_images": 90, "lr": 0.05}
+
+
+@needs_faces
+def test_multistep_switches_teacher_checkpoints(faces, cache, tmp_path):
+    teacher = distill(TINY, None, faces, "arcface", 2, tmp_path / "teacher", keep_epochs=True, progress=False, **SMALL)
+    assert sorted(p.name for p in (tmp_path / "teacher" / "epochs").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
+    student = distill(TINY, teacher.out, faces, "multistep", 2, tmp_path / "student", progress=False, **SMALL)
+    assert [row["teacher_checkpoint"] for row in student.history] == [1, 2]
+    with pytest.raises(EdgefrError, match="per-epoch checkpoints"):
+        distill(TINY, tmp_path / "student", faces, "multistep", 1, tmp_path / "again", progress=False, **SMALL)
+
+
+@needs_faces
+def test_resume_gives_the_weights_of_an_uninterrupted_run(faces, cache, tmp_path):
+    settings = dict(teacher="sface", data=faces, methods="proxyless,mimic", epochs=2, progress=False, **SMALL)
+    whole = distill(TINY, out=tmp_path / "whole", **settings)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(TINY, out=tmp_path / "parts", on_epoch_end=stop, **settings)
+    assert load_student(tmp_path / "parts" / "last.pt")[1]["epoch"] == 0
+    resumed = distill(TINY, out=tmp_path / "parts", resume=True, **settings)
+
+    final_whole = torch.load(whole.last_path, weights_only=True)
+    final_parts = torch.load(resumed.last_path, weights_only=True)
+    for key, value in final_whole["state_dict"].items():
+        assert torch.equal(value, final_parts["state_dict"][key]), key
+    for key, value in final_whole["train_state"]["heads"].items():
+        assert torch.equal(value, final_parts["train_state"]["heads"][key]), key
+    assert [r["loss"] for r in whole.history] == [r["loss"] for r in resumed.history]
+    assert (tmp_path / "parts" / "metrics.csv").read_text().count("\n") == 3
+    with pytest.raises(EdgefrError, match="other settings"):
+        distill(TINY, out=tmp_path / "parts", resume=True, **{**settings, "lr": 0.01})
+
+
+@needs_faces
+def test_ddp_with_two_gloo_processes(faces, cache, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "EDGEFR_SHARED": str(tmp_path / "no-shared"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "edgefr.cli", "distill", "--arch", TINY, "--kd", "none", "--data", str(faces),
+               "--max-images", "60", "--batch-size", "8", "--epochs", "1", "--out", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, payload = load_student(out / "best.pt")
+    assert payload["metrics"]["step"] >= 2
+    assert load_student(out / "last.pt")[1]["train_state"]["history"][0]["images_per_s"] > 0
+
+
+@needs_faces
+@pytest.mark.slow
+@pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason="../shared/faces/lfw is absent")
+def test_short_distill_improves_lfw(cache, tmp_path):
+    from edgefr.data.pairs import PairSet, read_lfw_pairs
+    from edgefr.verify import verify_pairs
+
+    torch.set_num_threads(2)
+    pairs = read_lfw_pairs(LFW / "pairs.txt", LFW)
+    # 30 pairs (15 same, 15 different) from each of the 10 folds.
+    keep = np.concatenate([np.flatnonzero((pairs.fold == f) & (pairs.same == s))[:15]
+                           for f in range(10) for s in (True, False)])
+    subset = PairSet([pairs.left[i] for i in keep], [pairs.right[i] for i in keep], pairs.same[keep],
+                     pairs.fold[keep], name="lfw-300")
+    torch.manual_seed(0)
+    untrained = verify_pairs(ModuleEmbedder(create_model(TINY), "untrained"), subset).accuracy
+    # A few hundred AdamW steps on 50 identities with the mimic term dominating: the quickest clear KD signal.
+    result = distill(TINY, "sface", first_identities(tmp_path / "faces50", 50), "mimic", 3, tmp_path / "run",
+                     progress=False, batch_size=32, lr=2e-3, optimizer="adamw", weight_decay=0.05,
+                     mimic_weight=1000.0)
+    trained = verify_pairs(ModuleEmbedder(result.student, "distilled"), subset).accuracy
+    assert trained > untrained + 0.03, (untrained, trained)
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------
+
+def run_cli(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_cli_unknown_kd_method(tmp_path):
+    result = run_cli("distill", "--kd", "mimic,telepathy", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: unknown --kd method 'telepathy'; expected a comma-separated list "
+                                     "of none, arcface, cosface, mimic, proxyless, neuron, multistep")
+
+
+def test_cli_empty_data_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("distill", "--kd", "none", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and "no images found" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@needs_faces
+def test_cli_missing_teacher(faces, tmp_path):
+    for teacher in (str(tmp_path / "nowhere.pt"), "no-such-teacher"):
+        result = run_cli("distill", "--teacher", teacher, "--data", str(faces), "--out", str(tmp_path / "x"))
+        assert result.exit_code == 2
+        assert result.output.startswith(f"error: unknown teacher {teacher!r}")
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_resume_without_a_run(tmp_path):
+    result = run_cli("distill", "--kd", "none", "--data", str(tmp_path), "--out", str(tmp_path / "x"), "--resume")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path / 'x'}: nothing to resume (no last.pt)"

@@ -1,0 +1,158 @@
+"""Teachers: preprocessing specs, loading every kind of model, ensembles and the embedding cache."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import lfw_subset, needs_lfw
+
+from edgefr.data.faces import ImageFolderFaces, load_rgb
+from edgefr.errors import EdgefrError
+from edgefr.space import create_model, save_student
+from edgefr.teachers import (
+    INSIGHTFACE_PREPROCESSING,
+    SFACE_PREPROCESSING,
+    cached_embeddings,
+    check_preprocessing,
+    load_teacher,
+    preprocess,
+)
+
+TINY_ARCH = "mobilefacenet_w050_d050_relu"
+
+
+@pytest.mark.parametrize("change, complaint", [
+    ({"channel_order": "XYZ"}, "channel_order"),
+    ({"layout": "CHWN"}, "layout"),
+    ({"std": 0}, "non-zero"),
+    ({"mean": [1, 2]}, "3 numbers"),
+    ({"size": "112"}, "size"),
+    ({"scale": 1}, "unknown scale"),
+])
+def test_malformed_preprocessing_is_a_one_line_error(change, complaint):
+    with pytest.raises(EdgefrError, match=complaint) as exc:
+        check_preprocessing({**INSIGHTFACE_PREPROCESSING, **change}, "spec")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(EdgefrError, match="not valid JSON"):
+        check_preprocessing("{channel_order: RGB", "spec")
+    with pytest.raises(EdgefrError, match="missing std"):
+        check_preprocessing({k: v for k, v in INSIGHTFACE_PREPROCESSING.items() if k != "std"}, "spec")
+
+
+def test_preprocess_applies_order_scaling_and_layout():
+    images = np.zeros((2, 112, 112, 3), np.uint8)
+    images[..., 0] = 255  # pure red
+    bgr = preprocess(images, SFACE_PREPROCESSING)
+    assert bgr.shape == (2, 3, 112, 112) and bgr.dtype == np.float32
+    assert bgr[:, 2].min() == 255 and bgr[:, 0].max() == 0
+    rgb = preprocess(images, {**INSIGHTFACE_PREPROCESSING, "layout": "NHWC"})
+    assert rgb.shape == (2, 112, 112, 3)
+    np.testing.assert_allclose(rgb[0, 0, 0], [(255 - 127.5) / 128, -127.5 / 128, -127.5 / 128])
+    assert preprocess(images, {**INSIGHTFACE_PREPROCESSING, "size": 96}).shape == (2, 3, 96, 96)
+
+
+def test_sface_loads_with_its_declared_preprocessing(edgefr_cache, real_faces):
+    teacher = load_teacher("sface")
+    assert (teacher.name, teacher.embedding_dim, teacher.classifier) == ("sface", 128, None)
+    assert teacher.preprocessing == SFACE_PREPROCESSING
+    # The repaired graph (unused inputs dropped, symbolic batch) is cached, and batches are real batches.
+    assert list((edgefr_cache / "onnx").glob("face_recognition_sface*.onnx")) and teacher.max_batch > 1
+    images = np.stack([load_rgb(p) for p in real_faces[:3]])
+    batched = teacher.embed(images)
+    assert batched.dtype == np.float32 and batched.shape == (3, 128)
+    np.testing.assert_allclose(batched[2], teacher.embed(images[2:])[0], atol=1e-4)
+
+
+def test_not_a_model_is_a_one_line_error(tmp_path):
+    fake = tmp_path / "model.onnx"
+    fake.write_text("definitely not protobuf")
+    for spec in (fake, tmp_path / "notes.txt", "no_such_teacher"):
+        if spec == tmp_path / "notes.txt":
+            spec.write_text("hello")
+        with pytest.raises(EdgefrError) as exc:
+            load_teacher(spec)
+        assert "\n" not in str(exc.value) and str(spec) in str(exc.value)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(EdgefrError, match="not an edgefr checkpoint"):
+        load_teacher(tmp_path / "other.pt")
+    with pytest.raises(EdgefrError, match="channel_order"):
+        load_teacher("sface", {**SFACE_PREPROCESSING, "channel_order": "XYZ"})
+
+
+def test_student_checkpoint_and_torchscript_teachers(tmp_path, real_faces):
+    torch.manual_seed(0)
+    model = create_model(TINY_ARCH).eval()
+    save_student(tmp_path / "student.pt", model)
+    images = np.stack([load_rgb(p) for p in real_faces[:2]])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(preprocess(images, model.preprocessing))).numpy()
+    student = load_teacher(tmp_path / "student.pt")
+    assert student.preprocessing == model.preprocessing and student.embedding_dim == 128
+    np.testing.assert_allclose(student.embed(images), expected, atol=1e-4)
+
+    scripted = torch.jit.trace(model, torch.zeros(1, 3, 112, 112))
+    torch.jit.save(scripted, str(tmp_path / "plain.ts"))
+    with pytest.raises(EdgefrError, match="declares no preprocessing"):
+        load_teacher(tmp_path / "plain.ts")
+    torch.jit.save(scripted, str(tmp_path / "declared.pt"),
+                   _extra_files={"edgefr.preprocessing": json.dumps(model.preprocessing)})
+    np.testing.assert_allclose(load_teacher(tmp_path / "declared.pt").embed(images), expected, atol=1e-4)
+
+
+@needs_lfw
+def test_ensemble_concatenates_normalized_members(real_faces):
+    ensemble = load_teacher("sface+faceplugin")
+    assert ensemble.name == "sface+faceplugin" and ensemble.embedding_dim == 128 + 512
+    out = ensemble.embed(np.stack([load_rgb(p) for p in real_faces[:2]]))
+    np.testing.assert_allclose(np.linalg.norm(out[:, :128], axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out[:, 128:], axis=1), 1, atol=1e-5)
+
+
+class CountingTeacher:
+    """Wraps a teacher to count how many images it embedded."""
+
+    def __init__(self, teacher):
+        self.teacher, self.images = teacher, 0
+        for attribute in ("name", "preprocessing", "embedding_dim", "fingerprint"):
+            setattr(self, attribute, getattr(teacher, attribute))
+
+    def embed(self, images):
+        self.images += len(images)
+        return self.teacher.embed(images)
+
+
+def test_cached_embeddings_compute_once_and_follow_the_data(small_imagefolder, tmp_path):
+    dataset = ImageFolderFaces(small_imagefolder, max_per_class=2)
+    teacher = CountingTeacher(load_teacher("sface"))
+    centre = cached_embeddings(teacher, dataset, "center", cache_dir=tmp_path)
+    assert centre.shape == (12, 128) and centre.dtype == np.float32 and teacher.images == 12
+    np.testing.assert_array_equal(cached_embeddings(teacher, dataset, "center", cache_dir=tmp_path), centre)
+    assert teacher.images == 12  # second call: read from disk
+    flipped = cached_embeddings(teacher, dataset, "flip", cache_dir=tmp_path)
+    np.testing.assert_allclose(flipped[3], teacher.teacher.embed(dataset.image(3)[None, :, ::-1].copy())[0], atol=1e-4)
+    # Touching a file (new mtime) invalidates the cache.
+    path = dataset.samples[0][0]
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    cached_embeddings(teacher, dataset, "center", cache_dir=tmp_path)
+    assert teacher.images == 36
+    with pytest.raises(EdgefrError, match="--view"):
+        cached_embeddings(teacher, dataset, "left", cache_dir=tmp_path)
+
+
+@needs_lfw
+@pytest.mark.slow
+def test_wrong_preprocessing_measurably_drops_lfw_accuracy():
+    """The silent failure this package guards against: SFace fed insightface-scaled input (its normalization
+    is inside the graph) still yields embeddings, but far worse ones. 200 real LFW pairs (20 per fold).
+    (Feeding it RGB instead of BGR, by contrast, costs nothing measurable on LFW: SFace is nearly
+    channel-order invariant, so that mistake is not the one to test with.)"""
+    from edgefr.verify import verify_pairs
+
+    subset = lfw_subset(10)
+    right = verify_pairs(load_teacher("sface"), subset, progress=False)
+    scaled = verify_pairs(load_teacher("sface", INSIGHTFACE_PREPROCESSING | {"channel_order": "BGR"}), subset,
+                          progress=False)
+    assert right.accuracy >= 0.97, right.summary()
+    assert scaled.accuracy < right.accuracy - 0.10, scaled.summary()
