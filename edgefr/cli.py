@@ -41,6 +41,7 @@ def cli() -> None:
 def _register() -> None:
     from edgefr.devices.cli import devices_command
     from edgefr.distill.cli import distill_command, train_command
+    from edgefr.export.cli import export_command
     from edgefr.latency.cli import latency_command, profile_command
     from edgefr.search.cli import search_command
     from edgefr.space.cli import models_command
@@ -49,7 +50,7 @@ def _register() -> None:
     from edgefr.verify.cli import eval_command
 
     for command in (devices_command, profile_command, latency_command, search_command, models_command, distill_command,
-                    train_command, align_command, teacher_group, eval_command):
+                    train_command, align_command, teacher_group, eval_command, export_command):
         cli.add_command(command)
 
 

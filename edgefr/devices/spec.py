@@ -7,12 +7,11 @@ dtype, threads) and how time is read (metric, protocol).
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from edgefr.devices.agent import DEFAULT_PROTOCOL
-from edgefr.errors import EdgefrError
+from edgefr.errors import EdgefrError, read_toml_file
 from edgefr.paths import devices_dir
 
 TRANSPORTS = ("local", "ssh", "adb")
@@ -76,6 +75,9 @@ class Device:
             raise EdgefrError(f"{where}: an ssh device needs host = \"user@host\"")
         if self.transport == "adb" and self.runtime != "tflite":
             raise EdgefrError(f"{where}: the adb transport runs TFLite's benchmark_model; set runtime = \"tflite\"")
+        if self.protocol.get("statistic") not in ("min", "median"):
+            raise EdgefrError(f"{where}: [protocol] statistic must be \"min\" or \"median\", "
+                              f"got {self.protocol.get('statistic')!r}")
         unknown = set(self.protocol) - set(DEFAULT_PROTOCOL)
         if unknown:
             raise EdgefrError(f"{where}: unknown [protocol] keys {sorted(unknown)}; known: {sorted(DEFAULT_PROTOCOL)}")
@@ -98,12 +100,7 @@ def _device_from_mapping(data: dict, source: str) -> Device:
 
 
 def load_device_file(path: Path) -> Device:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgefrError(f"{path}: no such device file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgefrError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml_file(path, "device file", "see devices/*.toml for examples")
     data.setdefault("name", path.stem)
     return _device_from_mapping(data, str(path))
 

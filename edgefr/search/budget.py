@@ -38,11 +38,13 @@ def neighbours(space: SearchSpace, arch: Arch, preferred: Callable[[int, int], o
     for s, (stage, options) in enumerate(zip(stages, space.stages)):
         for width in options.widths:
             if width != stage.width:
-                out.append((f"stage {s} width {stage.width}->{width}", _with_stage(arch, s, replace(stage, width=width))))
+                out.append((f"stage {s} width {stage.width}->{width}",
+                            _with_stage(arch, s, replace(stage, width=width))))
         for depth in options.depths:
             if depth != len(stage.layers):
                 layers = stage.layers[:depth] + tuple(preferred(s, j) for j in range(len(stage.layers), depth))
-                out.append((f"stage {s} depth {len(stage.layers)}->{depth}", _with_stage(arch, s, Stage(stage.width, layers))))
+                out.append((f"stage {s} depth {len(stage.layers)}->{depth}",
+                            _with_stage(arch, s, Stage(stage.width, layers))))
         for j, layer in enumerate(stage.layers):
             for candidate in options.candidates:
                 if candidate != layer:

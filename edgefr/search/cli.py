@@ -62,7 +62,8 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
     out = out or Path("runs") / f"search-{'-'.join(f'{b:g}' for b in budgets)}ms"
     config = SearchConfig(devices=tuple(devices), budgets_ms=tuple(budgets), methods=parse_methods(kd), steps=steps,
                           warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding),
-                          seed=seed, max_images=max_images)
+                          seed=seed, max_images=max_images,
+                          checkpoint_every=max(1, min(20, steps // 4)))  # at least 4 checkpoints per search
     summary = run_pipeline(config, teacher, data, out, train=not no_train, distill_epochs=distill_epochs,
                            resume=resume, log=click.echo)
     for b in summary["budgets"]:
@@ -70,4 +71,5 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
                    f"{b['measured_ms']:.2f} ms ({b['measured_over_budget']:.2f} x budget)")
     for name, result in summary.get("accuracy", {}).items():
         click.echo(f"{name}: {100 * result['accuracy']:.2f} +- {100 * result['accuracy_std']:.2f} %")
-    click.echo(f"outputs in {out}: arch.json{', student.pt' if not no_train else ''}, report.md, report.json, report.png")
+    outputs = "arch.json" + ("" if no_train else ", student.pt") + ", report.md, report.json, report.png"
+    click.echo(f"outputs in {out}: {outputs}")

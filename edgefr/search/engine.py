@@ -107,7 +107,8 @@ def _batch(view: AugmentedView, pool: np.ndarray, size: int, seed: int, step: in
     classes = torch.as_tensor([it[1] for it in items])
     indices = torch.as_tensor([it[2] for it in items])
     flipped = torch.as_tensor([it[3] for it in items])
-    return to_model_input(images, STUDENT_PREPROCESSING), classes, None if targets is None else targets[flipped.long(), indices]
+    teacher = None if targets is None else targets[flipped.long(), indices]
+    return to_model_input(images, STUDENT_PREPROCESSING), classes, teacher
 
 
 def _snapshot(step: int, supernet: SuperNet, expected: dict, budgets: list[Budget], state: SearchState,

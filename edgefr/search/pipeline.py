@@ -7,8 +7,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from edgefr.devices import open_transport
 from edgefr.errors import EdgefrError
 from edgefr.latency.models import ModelFileCache
@@ -16,7 +14,7 @@ from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
 from edgefr.space import MFN_SPACE, count_flops, count_params, create_model, load_arch_file
 
-MEASURE_ROUNDS = 4
+MEASURE_ROUNDS = 8
 
 
 @dataclass
@@ -33,17 +31,18 @@ def measure_arch(device, arch) -> float:
 
 
 def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
-    """Fit the most probable architecture to the budget, measure it, correct by measured/predicted, repeat."""
-    with torch.no_grad():
-        alpha = {k: v.detach().clone() for k, v in supernet.alpha.items()}
-
+    """Fit the most probable architecture to the budget and measure it; refit from the measured architecture
+    with its own measured/predicted ratio (prediction errors differ between architectures, so a correction is
+    only valid near the architecture it was measured on), until a measurement lands in the window. Every
+    measured candidate is kept; the result is the one closest to the budget from below."""
+    alpha = {k: v.detach().clone() for k, v in supernet.alpha.items()}
     log_prob = supernet.frozen_log_prob()
 
     def preferred(stage: int, layer: int):
         return MFN_SPACE.stages[stage].candidates[int(alpha[f"layers{stage}"][layer].argmax())]
 
     corrections: dict[str, float] = {}
-    rounds = []
+    rounds, candidates = [], []
     arch = supernet.derive("searched")
     for round_index in range(MEASURE_ROUNDS):
         arch, moves = fit_to_budget(MFN_SPACE, arch, budgets, log_prob, preferred, corrections)
@@ -52,14 +51,15 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
         ratios = {b.device: measured[b.device] / b.budget_ms for b in budgets}
         rounds.append({"round": round_index + 1, "moves": moves, "predicted_ms": predicted, "measured_ms": measured,
                        "corrections": dict(corrections)})
+        candidates.append((arch, predicted, measured, max(ratios.values())))
         log("round {}: {}".format(round_index + 1, ", ".join(
             f"{d}: predicted {predicted[d]:.2f} ms, measured {measured[d]:.2f} ms ({ratios[d]:.2f} x budget)"
             for d in predicted)))
-        binding = max(ratios.values())
-        if all(r <= WINDOW[1] for r in ratios.values()) and binding >= WINDOW[0]:
+        if WINDOW[0] <= max(ratios.values()) <= WINDOW[1]:
             break
-        corrections = {d: corrections.get(d, 1.0) * measured[d] / (predicted[d] * corrections.get(d, 1.0))
-                       for d in predicted}
+        corrections = {d: measured[d] / predicted[d] for d in predicted}
+    within = [c for c in candidates if c[3] <= WINDOW[1]]
+    arch, predicted, measured, _ = max(within, key=lambda c: c[3]) if within else min(candidates, key=lambda c: c[3])
     return Measured(arch, predicted, measured, rounds)
 
 
@@ -81,6 +81,8 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     model = create_model(arch)
     summary = {
         "schema": "edgefr.search-report/1", "arch": arch.to_dict(), "arch_file": str(arch_path),
+        # What the search learned, before fitting: deterministic given the seed (the fit depends on measurements).
+        "most_probable_arch": supernet.derive("most-probable").to_dict(),
         "budgets": [{"device": b.device, "budget_ms": b.budget_ms,
                      "predicted_ms": measured["predicted_ms"][b.device],
                      "measured_ms": measured["measured_ms"][b.device],

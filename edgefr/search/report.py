@@ -16,7 +16,8 @@ def write_report(out: Path, summary: dict) -> None:
 
 def _markdown(summary: dict) -> str:
     arch = arch_from_dict(summary["arch"])
-    lines = [f"# edgefr search: {arch.name}", "", "| device | budget ms | predicted ms | measured ms | measured / budget |",
+    lines = [f"# edgefr search: {arch.name}", "",
+             "| device | budget ms | predicted ms | measured ms | measured / budget |",
              "|---|---|---|---|---|"]
     for b in summary["budgets"]:
         lines.append(f"| {b['device']} | {b['budget_ms']:g} | {b['predicted_ms']:.2f} | {b['measured_ms']:.2f} | "

@@ -51,8 +51,9 @@ class Teacher:
 
 
 def probe_embedding_dim(forward: Forward, preprocessing: dict, source: str | Path) -> tuple[int, bool]:
-    """(embedding size, whether a batch of 2 works): some exported graphs hard-code batch 1 in a Reshape,
-    which silently merges a batch into one row; such models are run one image at a time."""
+    """(embedding size, whether a batch of 2 works): some graphs fix batch 1 in their input (exports made for
+    on-device latency) or in a Reshape (which silently merges a batch into one row); they run one image at a
+    time."""
     size = preprocessing["size"]
     grey = np.full((2, size, size, 3), 128, np.uint8)
     grey[1] = 64
@@ -60,6 +61,9 @@ def probe_embedding_dim(forward: Forward, preprocessing: dict, source: str | Pat
         out = forward(preprocess(grey, preprocessing))
         if out.shape[0] == 2:
             return int(np.prod(out.shape[1:])), True
+    except Exception:  # noqa: BLE001 - a graph with a fixed batch of 1 refuses two images: try one below
+        pass
+    try:
         return int(np.prod(forward(preprocess(grey[:1], preprocessing)).shape[1:])), False
     except Exception as exc:  # each runtime reports a wrong input shape or layout with its own error type
         raise EdgefrError(f"{source}: the model does not accept {preprocessing['layout']} {size}x{size} input "

@@ -26,8 +26,14 @@ def read_tflite_metadata(path: str | Path) -> dict[str, bytes]:
         raise EdgefrError(f"{path}: not a TFLite model (no TFL3 identifier)")
     try:
         model = schema.Model.GetRootAs(data, 0)
-        return {model.Metadata(i).Name().decode(): model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy().tobytes()
-                for i in range(model.MetadataLength())}
+        entries = {}
+        for i in range(model.MetadataLength()):
+            buffer = model.Buffers(model.Metadata(i).Buffer())
+            # Large buffers (ai-edge-quantizer writes them so) live after the flatbuffer, found by offset.
+            inline = buffer.Offset() <= 1
+            entries[model.Metadata(i).Name().decode()] = (
+                buffer.DataAsNumpy().tobytes() if inline else data[buffer.Offset():buffer.Offset() + buffer.Size()])
+        return entries
     except Exception as exc:  # a damaged flatbuffer fails in many ways
         raise EdgefrError(f"{path}: damaged TFLite model ({type(exc).__name__})") from None
 

@@ -1,0 +1,83 @@
+"""The checks every export runs against its recipe's tolerances: embedding agreement with the PyTorch fp32 model,
+LFW verification drop, and measured latency against the device's latency-table prediction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgefr.errors import EdgefrError
+from edgefr.export.recipes import Tolerances
+from edgefr.teachers.base import l2_normalize
+
+
+@dataclass
+class Check:
+    """One measured value against its tolerance (`limit` None: measured and reported, not checked)."""
+
+    name: str
+    value: float | None
+    limit: float | None = None
+    bound: str = "min"  # "min": value must be >= limit; "max": value must be <= limit
+    unit: str = ""
+    note: str = ""
+
+    @property
+    def passed(self) -> bool | None:
+        if self.limit is None or self.value is None:
+            return None
+        return self.value >= self.limit if self.bound == "min" else self.value <= self.limit
+
+    def failure(self) -> str:
+        sign = "<" if self.bound == "min" else ">"
+        return (f"{self.name} {self.value:.4g}{self.unit} {sign} {self.limit:g}{self.unit} "
+                f"(by {abs(self.value - self.limit):.4g}{self.unit})")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def embedding_agreement(reference: np.ndarray, exported: np.ndarray, tolerances: Tolerances) -> list[Check]:
+    """Cosine similarity per face between the PyTorch fp32 embedding and the exported model's."""
+    cosine = np.sum(l2_normalize(reference) * l2_normalize(exported), axis=1)
+    return [Check("mean_cosine", float(cosine.mean()), tolerances.min_mean_cosine, "min",
+                  note=f"{len(cosine)} real aligned faces"),
+            Check("min_cosine", float(cosine.min()), tolerances.min_min_cosine, "min")]
+
+
+def lfw_drop(reference_accuracy: float, exported_accuracy: float, tolerances: Tolerances, pairs: int) -> Check:
+    return Check("lfw_drop_pp", 100 * (reference_accuracy - exported_accuracy), tolerances.max_lfw_drop_pp, "max",
+                 unit=" pp", note=f"10-fold on {pairs} pairs: PyTorch {100 * reference_accuracy:.2f}%, "
+                                  f"exported {100 * exported_accuracy:.2f}%")
+
+
+def predicted_latency(device, arch, profiled_dtype: str | None) -> tuple[float | None, str]:
+    """(prediction in ms, how it was obtained or why there is none). Only the graph the table measured (the
+    profile flow of the device's dtype) has a prediction; a missing table or block is "no prediction"."""
+    from edgefr.latency import LatencyPredictor, load_device_table
+
+    if profiled_dtype is None:
+        return None, "no prediction: this quantization is export-only, no latency table measures its graph"
+    if profiled_dtype != device.dtype:
+        return None, f"no prediction: device {device.name} has {device.dtype} tables, this export is {profiled_dtype}"
+    try:
+        prediction = LatencyPredictor(load_device_table(device)).predict(arch)
+    except EdgefrError as exc:
+        return None, f"no prediction: {exc}"
+    return prediction.total_ms, f"latency table of {device.name}" + ("" if prediction.calibrated else " (uncalibrated)")
+
+
+def measured_latency(device, path: Path, label: str) -> float:
+    from edgefr.devices.transports import open_transport
+
+    return float(open_transport(device).measure({label: path})["results"][label]["ms"])
+
+
+def latency_check(measured_ms: float, predicted_ms: float | None, note: str, tolerances: Tolerances) -> Check:
+    if predicted_ms is None:
+        return Check("latency_error_pct", None, None, "max", unit="%", note=note)
+    error = 100 * abs(measured_ms - predicted_ms) / measured_ms
+    return Check("latency_error_pct", error, tolerances.max_latency_error_pct, "max", unit="%",
+                 note=f"measured {measured_ms:.3f} ms, predicted {predicted_ms:.3f} ms ({note})")

@@ -1,0 +1,197 @@
+"""`edgefr export`: every format x quantization loads and runs in its runtime, fp32 agrees with PyTorch on real
+faces, metadata carries the preprocessing into `edgefr eval`, failed checks and bad input are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgefr.errors import EdgefrError
+from edgefr.export.artifacts import (
+    QUANTIZATIONS,
+    SUFFIX,
+    ExportTarget,
+    load_artifact_embedder,
+    write_artifact,
+)
+from edgefr.export.checks import Check, embedding_agreement
+from edgefr.export.graph import graph_summary
+from edgefr.export.pipeline import (
+    ExportOptions,
+    calibration_batches,
+    load_faces,
+    run_export,
+)
+from edgefr.export.recipes import Tolerances, load_tolerances
+from edgefr.teachers.base import l2_normalize
+from tests.conftest import needs_lfw
+from tests.support import assert_one_line_error, run_edgefr
+
+SMALL_ARCH = "mobilefacenet_w050_d050_relu"
+# A student checkpoint with trained weights, for the int8 tolerance test (none ships with the repo).
+TRAINED_STUDENT = os.environ.get("EDGEFR_TRAINED_STUDENT")
+
+
+@pytest.fixture(scope="module")
+def faces(real_faces) -> np.ndarray:
+    return load_faces(real_faces, 112)
+
+
+@pytest.fixture(scope="module")
+def conditioned_model(small_imagefolder):
+    """The small architecture with BatchNorm statistics re-estimated on real faces: untrained weights, but
+    unit-scale activations like a trained net's (fresh BN statistics leave embeddings ~1e-7, which int8 and
+    fp16 round to nothing)."""
+    from edgefr.space import create_model
+
+    torch.manual_seed(0)
+    model = create_model(SMALL_ARCH)
+    batch = torch.from_numpy(np.concatenate(calibration_batches(small_imagefolder, 30, model.preprocessing)))
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batches seen
+    with torch.no_grad():
+        model.train()(batch)
+    return model.eval()
+
+
+def _cosines(model, embedder, faces) -> np.ndarray:
+    from edgefr.distill.embedder import ModuleEmbedder
+
+    reference = l2_normalize(ModuleEmbedder(model, "reference").embed(faces))
+    return np.sum(reference * l2_normalize(embedder.embed(faces)), axis=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "tflite", "coreml"])
+def test_every_quantization_of_a_format_loads_and_runs_in_its_runtime(fmt, conditioned_model, faces,
+                                                                         small_imagefolder, tmp_path):
+    calibration = calibration_batches(small_imagefolder, 16, conditioned_model.preprocessing)
+    for quantize in QUANTIZATIONS[fmt]:
+        target = ExportTarget(fmt, quantize)
+        path = write_artifact(conditioned_model, target, tmp_path / f"{target.label}{SUFFIX[fmt]}", calibration)
+        assert path.exists() and not list(tmp_path.glob(".export-*")), "staging left behind"
+        graph = graph_summary(path, fmt, quantize)
+        assert graph.ops and not graph.non_delegated_ops, (target, graph)
+        embedder = load_artifact_embedder(path)  # preprocessing from the file's own metadata
+        assert embedder.preprocessing["layout"] == ("NHWC" if fmt == "tflite" else "NCHW")
+        cosine = _cosines(conditioned_model, embedder, faces)
+        # Untrained weights amplify rounding more than trained ones; these floors only catch a broken artifact
+        # (wrong layout, preprocessing or weights give cosines near 0). Trained-model tolerances: export/*.toml.
+        floor = {"fp32": 0.9999, "fp16": 0.99}.get(quantize, 0.7)
+        assert cosine.min() >= floor, (target, cosine)
+
+
+@pytest.mark.slow
+def test_coreml_emulator_runs_compressed_weights(conditioned_model, tmp_path):
+    from edgefr.export.coreml_mil import MilExecutor, load_mil_program
+
+    path = write_artifact(conditioned_model, ExportTarget("coreml", "int8-weights"), tmp_path / "m.mlpackage", None)
+    program, metadata = load_mil_program(path)
+    ops = MilExecutor(program).op_counts()
+    assert ops["constexpr_affine_dequantize"] > 0 and ops["conv"] > 0
+    assert json.loads(metadata["edgefr.model"])["embedding_dim"] == conditioned_model.embedding_dim
+
+
+@needs_lfw
+@pytest.mark.slow
+def test_cli_export_writes_report_fails_a_tight_check_and_eval_reads_the_metadata(tmp_path, small_imagefolder):
+    from edgefr.verify import read_tflite_metadata
+
+    strict = tmp_path / "recipes"
+    strict.mkdir()
+    (strict / "tflite.toml").write_text("[fp32]\nmin_mean_cosine = 1.01\nmax_lfw_drop_pp = 0.1\n")
+    out = tmp_path / "out"
+    result = run_edgefr("export", "--model", SMALL_ARCH, "--format", "tflite", "--pairs-limit", "40",
+                        "--agreement-faces", "8", "--device", "none", "--recipes", str(strict), "--out", str(out))
+    # Native converter/runtime libraries log to the process's stderr before it; the error itself is one line.
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: export check failed: tflite-fp32 mean_cosine") and "< 1.01 (by " in last, last
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["schema"] == "edgefr.export-report/1" and report["passed"] is False
+    (entry,) = report["exports"]
+    assert {c["name"]: c["passed"] for c in entry["checks"]} == {"mean_cosine": False, "min_cosine": None,
+                                                                 "lfw_drop_pp": True}
+    assert "| tflite fp32 |" in (out / "export_report.md").read_text()
+
+    exported = Path(entry["file"])
+    declared = json.loads(read_tflite_metadata(exported)["edgefr.preprocessing"])
+    assert declared == {"channel_order": "RGB", "mean": 127.5, "std": 128.0, "layout": "NHWC", "size": 112}
+    evaluated = run_edgefr("eval", "--model", str(exported), "--imagefolder", str(small_imagefolder),
+                           "--n-pairs", "40", "--json", str(tmp_path / "eval.json"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["n_pairs"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TRAINED_STUDENT, reason="needs trained weights: set EDGEFR_TRAINED_STUDENT=student.pt "
+                                                "(no distilled checkpoint ships with the repo)")
+@needs_lfw
+def test_int8_exports_of_a_trained_student_pass_their_recipes(tmp_path):
+    options = ExportOptions(model=TRAINED_STUDENT, targets=[ExportTarget("onnx", "int8"), ExportTarget("tflite", "int8")],
+                            out=tmp_path, calib_images=100, agreement_faces=50, pairs_limit=600, device="none")
+    report = run_export(options)
+    assert report["passed"], report["failures"]
+
+
+def test_tolerance_checks_and_their_failure_message():
+    tolerances = Tolerances(min_mean_cosine=0.98, min_min_cosine=0.9)
+    reference = np.eye(4, dtype=np.float32)
+    mean, minimum = embedding_agreement(reference, reference + 0.05 * np.roll(reference, 1, axis=1), tolerances)
+    assert mean.passed and minimum.passed
+    mean, minimum = embedding_agreement(reference, reference + np.roll(reference, 1, axis=1), tolerances)
+    assert mean.passed is False and mean.failure() == "mean_cosine 0.7071 < 0.98 (by 0.2729)"
+    drop = Check("lfw_drop_pp", 0.5, 0.3, "max", unit=" pp")
+    assert drop.passed is False and drop.failure() == "lfw_drop_pp 0.5 pp > 0.3 pp (by 0.2 pp)"
+    assert Check("latency_error_pct", None, 15, "max").passed is None  # no prediction: reported, not checked
+
+
+def test_shipped_recipes_cover_every_quantization():
+    for fmt, quantizations in QUANTIZATIONS.items():
+        for quantize in quantizations:
+            assert load_tolerances(fmt, quantize).min_mean_cosine is not None, (fmt, quantize)
+
+
+def test_broken_recipe_is_a_one_line_error(tmp_path):
+    (tmp_path / "onnx.toml").write_text("[fp32]\nmin_cosine_mean = 0.9\n")
+    with pytest.raises(EdgefrError, match="unknown keys"):
+        load_tolerances("onnx", "fp32", tmp_path / "onnx.toml")
+    with pytest.raises(EdgefrError, match=r"no \[int8\] table"):
+        load_tolerances("onnx", "int8", tmp_path / "onnx.toml")
+
+
+def test_bad_input_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_edgefr("export", "--model", SMALL_ARCH, "--format", "pb"), "unknown export format", "'pb'")
+    assert_one_line_error(run_edgefr("export", "--model", SMALL_ARCH, "--format", "onnx", "--quantize", "fp16"),
+                          "--format onnx does not support --quantize fp16")
+    not_a_checkpoint = tmp_path / "student.pt"
+    not_a_checkpoint.write_bytes(b"not a checkpoint")
+    assert_one_line_error(run_edgefr("export", "--model", str(not_a_checkpoint)), str(not_a_checkpoint),
+                          "not an edgefr checkpoint")
+    no_faces = tmp_path / "calib"
+    (no_faces / "person").mkdir(parents=True)
+    (no_faces / "person" / "notes.txt").write_text("no faces here")
+    out = tmp_path / "out"
+    assert_one_line_error(run_edgefr("export", "--model", SMALL_ARCH, "--quantize", "int8", "--calib", str(no_faces),
+                                     "--out", str(out)), str(no_faces), "no face images")
+    assert not out.exists()
+
+
+def test_an_op_the_converter_rejects_is_named_and_leaves_no_file(tmp_path):
+    from edgefr.convert import export_coreml
+
+    class Spectral(torch.nn.Module):
+        def forward(self, x):
+            return torch.fft.fft2(x).real
+
+    with pytest.raises(EdgefrError, match="fft_fft2") as error:
+        export_coreml(Spectral(), torch.zeros(1, 3, 8, 8), tmp_path / "spectral.mlpackage")
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,142 @@
+"""The architecture search: supernet, gradients from both objectives, budget fitting, and real tiny searches."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from edgefr.devices import resolve_device
+from edgefr.distill.losses import Objective
+from edgefr.errors import EdgefrError
+from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table
+from edgefr.search.budget import Budget, check_reachable, fit_to_budget
+from edgefr.search.engine import SampledPath
+from edgefr.search.supernet import SuperNet
+from edgefr.space import MFN_SPACE, resolve_arch
+from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr
+
+
+@pytest.fixture(scope="module")
+def ort():
+    """This host's shipped ONNX Runtime table (real measurements)."""
+    try:
+        return LatencyPredictor(load_device_table(resolve_device("host-ort")))
+    except EdgefrError as problem:
+        pytest.fail(f"the shipped host-ort table must load on this host: {problem}")
+
+
+def test_sampled_paths_are_points_of_the_space():
+    torch.manual_seed(0)
+    net = SuperNet(MFN_SPACE, 128)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        arch, log_prob = net.sample(generator)
+        assert MFN_SPACE.validate(arch) is arch
+        assert log_prob.item() == pytest.approx(net.log_prob(arch).item())
+        assert net.frozen_log_prob()(arch) == pytest.approx(log_prob.item(), abs=1e-5)
+        with torch.no_grad():
+            assert net(torch.zeros(2, 3, 112, 112), arch).shape == (2, 128)
+    assert MFN_SPACE.validate(net.derive()) is not None
+
+
+@pytest.mark.skipif(not CELEBA.is_dir(), reason="../shared/faces/celeba is absent")
+def test_architecture_gradients_come_from_the_kd_loss_and_from_latency(ort, tmp_path):
+    """AKD: the KD loss itself must move the architecture distributions (score function), as the LUT term does."""
+    from edgefr.data.faces import ImageFolderFaces
+    from edgefr.distill.embedder import to_model_input
+    from edgefr.space import STUDENT_PREPROCESSING
+    from edgefr.teachers import load_teacher
+
+    torch.manual_seed(0)
+    faces = ImageFolderFaces(first_identities(tmp_path / "faces", 4))
+    images = torch.stack([faces[i][0] for i in range(16)])
+    labels = torch.as_tensor([faces[i][1] for i in range(16)])
+    teacher = torch.from_numpy(load_teacher("sface").embed(images.permute(0, 2, 3, 1).numpy()))
+    net = SuperNet(MFN_SPACE, 128)
+    path = SampledPath(net)
+    objective = Objective(path, ("mimic",), num_classes=4, teacher_dim=teacher.shape[1])
+    path.arch, _ = net.sample(torch.Generator().manual_seed(1))
+    loss, parts = objective(to_model_input(images, STUDENT_PREPROCESSING), labels, teacher)
+    assert parts["mimic"] > 0
+    kd_term = (loss.detach() - 0.5 * loss.detach()) * net.log_prob(path.arch)
+    kd_term.backward()
+    kd_grads = {k: v.grad.clone() for k, v in net.alpha.items()}
+    assert all(g.abs().sum() > 0 for g in kd_grads.values())
+    # The gradient lowers the probability of a path whose loss is above the baseline.
+    for s, stage in enumerate(path.arch.stages):
+        index = MFN_SPACE.stages[s].widths.index(stage.width)
+        assert kd_grads[f"width{s}"][index] > 0
+    net.zero_grad()
+    expected = ExpectedLatency(ort, MFN_SPACE, 128)
+    expected(net.probabilities()).backward()
+    assert all(v.grad.abs().sum() > 0 for v in net.alpha.values())
+
+
+def test_budget_fit_lands_in_the_band_and_unreachable_budgets_state_the_range(ort):
+    budget = Budget("host-ort", 0.0, lambda a: ort.predict(a).total_ms)
+    low, high = check_reachable(MFN_SPACE, [Budget("host-ort", 5.0, budget.predict)], 128, 512)["host-ort"]
+    assert 0 < low < ort.predict(resolve_arch("mobilefacenet_w050_d050_relu")).total_ms
+    assert high > ort.predict(resolve_arch("mobilefacenet_w125")).total_ms
+    net = SuperNet(MFN_SPACE, 128)
+    for fraction in (0.2, 0.5, 0.8):
+        target = low + fraction * (high - low)
+        arch, moves = fit_to_budget(MFN_SPACE, net.derive(), [Budget("host-ort", target, budget.predict)],
+                                    net.frozen_log_prob(),
+                                    lambda s, j: MFN_SPACE.stages[s].candidates[0])
+        assert 0.91 <= ort.predict(arch).total_ms / target <= 0.97, (target, moves[-3:])
+    with pytest.raises(EdgefrError, match=r"not reachable on host-ort: the search space spans"):
+        check_reachable(MFN_SPACE, [Budget("host-ort", low / 3, budget.predict)], 128, 512)
+
+
+def test_cli_unreachable_budget_is_a_one_line_error_with_the_range():
+    result = run_edgefr("search", "--latency-ms", "0.01", "--no-train")
+    assert_one_line_error(result, "--latency-ms 0.01 is not reachable on host-ort", "ms there (predicted)")
+
+
+def test_cli_missing_data_folder_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--data", str(tmp_path / "nowhere")),
+                          "nowhere")
+
+
+def tiny_search(out, faces, *extra):
+    return [sys.executable, "-m", "edgefr.cli", "search", "--latency-ms", "3", "--device", "host-ort", "--data",
+            str(faces), "--out", str(out), "--steps", "8", "--warmup-steps", "2", "--batch-size", "8",
+            "--no-train", *extra]
+
+
+@pytest.mark.slow
+def test_tiny_search_meets_the_budget_measured_and_resumes_after_a_kill(tmp_path):
+    faces = first_identities(tmp_path / "faces", 6)
+    whole = subprocess.run(tiny_search(tmp_path / "whole", faces), capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    report = json.loads((tmp_path / "whole" / "report.json").read_text())
+    (budget,) = report["budgets"]
+    assert 0.90 <= budget["measured_over_budget"] <= 1.00, report["measurement_rounds"]
+    assert (tmp_path / "whole" / "report.md").is_file() and (tmp_path / "whole" / "report.png").stat().st_size > 0
+    # Kill a second run once it has checkpointed, then resume it: it must end where the uninterrupted run did.
+    process = subprocess.Popen(tiny_search(tmp_path / "killed", faces), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "search_state.pt"
+    deadline = time.time() + 600
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert torch.load(state, weights_only=False)["state"]["step"] < 8
+    resumed = subprocess.run(tiny_search(tmp_path / "killed", faces, "--resume"), capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming the search at step" in resumed.stdout
+    a = torch.load(tmp_path / "whole" / "search_state.pt", weights_only=False)["objective"]
+    b = torch.load(state, weights_only=False)["objective"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The searched distributions are identical; the fitted arch.json may differ because it depends on measurements.
+    searched = [json.loads((tmp_path / run / "report.json").read_text())["most_probable_arch"]
+                for run in ("whole", "killed")]
+    assert searched[0] == searched[1]
+    killed_report = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert 0.90 <= killed_report["budgets"][0]["measured_over_budget"] <= 1.00
