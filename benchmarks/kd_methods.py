@@ -64,8 +64,8 @@ def main(arch, teacher, data, epochs, method_list, multistep_teacher, max_images
     lfw = lfw_subset(read_lfw_pairs(lfw_root / "pairs.txt", lfw_root), lfw_pairs // 10)
 
     def score(embedder) -> tuple[str, str]:
-        return tuple(f"{100 * r.accuracy:.2f} +- {100 * r.accuracy_std:.2f}"
-                     for r in (verify_pairs(embedder, lfw, progress=False), verify_pairs(embedder, held_out, progress=False)))
+        results = (verify_pairs(embedder, lfw, progress=False), verify_pairs(embedder, held_out, progress=False))
+        return tuple(f"{100 * r.accuracy:.2f} +- {100 * r.accuracy_std:.2f}" for r in results)
 
     rows = [(f"teacher {teacher}", *score(load_teacher(teacher)), "-")]
     runs = [(m, teacher) for m in (method_list or DEFAULT_METHODS)]

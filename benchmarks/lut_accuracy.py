@@ -24,7 +24,8 @@ from edgefr.space import MFN_SPACE
 
 def accuracy_figures(predicted: np.ndarray, measured: np.ndarray) -> dict:
     error = (predicted - measured) / measured
-    return {"mape_pct": 100 * float(np.mean(np.abs(error))), "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
+    return {"mape_pct": 100 * float(np.mean(np.abs(error))),
+            "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
             "within_5_pct": 100 * float(np.mean(np.abs(error) <= 0.05)),
             "within_10_pct": 100 * float(np.mean(np.abs(error) <= 0.10)),
             "kendall_tau": float(kendalltau(predicted, measured).statistic), "bias_pct": 100 * float(np.mean(error))}
