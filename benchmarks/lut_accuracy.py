@@ -18,7 +18,7 @@ from scipy.stats import kendalltau
 from edgefr.devices import resolve_device
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.models import ModelFileCache
-from edgefr.latency.profile import CALIBRATION_SEED, _measure_files
+from edgefr.latency.profile import CALIBRATION_SEED, measure_files
 from edgefr.space import MFN_SPACE
 
 
@@ -44,7 +44,7 @@ def main(devices, n, seed) -> None:
         predictor = LatencyPredictor(load_device_table(device))
         cache = ModelFileCache(device.runtime, device.dtype)
         files = {a.name: cache.network(a) for a in archs}
-        results = _measure_files(device, files, seed, f"measure {name}")["results"]
+        results = measure_files(device, files, seed, f"measure {name}")["results"]
         measured = np.array([results[a.name]["ms"] for a in archs])
         predictions = [predictor.predict(a) for a in archs]
         calibrated = accuracy_figures(np.array([p.total_ms for p in predictions]), measured)

@@ -20,8 +20,9 @@ from edgefr.devices import resolve_device
 from edgefr.distill import distill
 from edgefr.distill.cli import default_data
 from edgefr.latency import LatencyPredictor, load_device_table
+from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
-from edgefr.search.pipeline import evaluate_student, measure_arch
+from edgefr.search.pipeline import evaluate_student
 from edgefr.space import count_flops, count_params, create_model, scaled_mobilefacenet
 
 WIDTHS = (0.5, 0.75, 1.0, 1.25)
@@ -70,7 +71,7 @@ def main(devices, budgets, teacher, data, kd, steps, epochs, out) -> None:
         trained = distill(baseline, teacher, data, kd, epochs, run / "baseline", optimizer="adamw", lr=config.lr,
                           batch_size=config.batch_size, resume=(run / "baseline" / "last.pt").is_file())
         rows.append({"device": device_name, "budget_ms": budget, **row(
-            baseline.name, baseline, measure_arch(device, baseline), evaluate_student(trained.student),
+            baseline.name, baseline, measure_network(device, baseline), evaluate_student(trained.student),
             time.perf_counter() - started)})
     click.echo(f"\n{'device':18s} {'budget':>6s} {'model':34s} {'ms':>6s} {'params':>7s} {'MFLOPs':>7s} "
                f"{'LFW%':>6s} {'CelebA%':>7s} {'min':>6s}")

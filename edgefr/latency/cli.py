@@ -57,8 +57,7 @@ def latency_command(arch_spec, device_spec, runtime, dtype, table, measure) -> N
     """Predict an architecture's latency on a device (per-block breakdown); --measure compares with a real run."""
     from edgefr.devices import resolve_device
     from edgefr.latency import LatencyPredictor, load_device_table
-    from edgefr.latency.models import ModelFileCache
-    from edgefr.latency.profile import _measure_files
+    from edgefr.latency.profile import measure_network
     from edgefr.space import resolve_arch
 
     arch = resolve_arch(arch_spec)
@@ -74,7 +73,6 @@ def latency_command(arch_spec, device_spec, runtime, dtype, table, measure) -> N
     note = "" if prediction.calibrated else "  (uncalibrated: raw block sum)"
     click.echo(f"predicted: {prediction.total_ms:.3f} ms  (raw block sum {prediction.raw_sum_ms:.3f} ms){note}")
     if measure:
-        path = ModelFileCache(device.runtime, device.dtype).network(arch)
-        measured = _measure_files(device, {arch.name: path}, 0, "measure")["results"][arch.name]["ms"]
+        measured = measure_network(device, arch)
         error = 100 * (prediction.total_ms - measured) / measured
         click.echo(f"measured:  {measured:.3f} ms  error {error:+.1f}%")

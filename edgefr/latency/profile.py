@@ -39,7 +39,7 @@ def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Ar
     return archs[:count]
 
 
-def _measure_files(device: Device, files: dict[str, Path], seed: int, label: str) -> dict:
+def measure_files(device: Device, files: dict[str, Path], seed: int, label: str) -> dict:
     transport = open_transport(device)
     with tqdm(total=len(files) * device.protocol["passes"], desc=label, unit="model", leave=False) as bar:
         def progress(done: int, total: int) -> None:
@@ -47,6 +47,12 @@ def _measure_files(device: Device, files: dict[str, Path], seed: int, label: str
             bar.update(done - bar.n)
 
         return transport.measure(files, seed=seed, progress=progress)
+
+
+def measure_network(device: Device, arch: Arch) -> float:
+    """Convert `arch` with the device's deployment flow (cached) and measure it whole on the device, in ms."""
+    path = ModelFileCache(device.runtime, device.dtype).network(arch)
+    return measure_files(device, {arch.name: path}, 0, f"measure {arch.name}")["results"][arch.name]["ms"]
 
 
 def _device_record(device: Device, result: dict) -> dict:
@@ -111,7 +117,7 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
                 if spec.kind != "stem" and ctx not in table.contexts:
                     files[ctx] = cache.context(spec.res, spec.cin)
             bar.set_postfix_str("measure")
-            result = _measure_files(device, files, seed + start, "measure")
+            result = measure_files(device, files, seed + start, "measure")
             table.device = _device_record(device, result)
             table.contexts.update({k: v for k, v in result["results"].items() if k.startswith("context:")})
             for spec in chunk:
@@ -138,7 +144,7 @@ def calibrate(device: Device, space: SearchSpace, table: LatencyTable, cache: Mo
             f"(need {MIN_CALIBRATION_NETS}); predictions are raw block sums")
         return None
     files = {a.name: cache.network(a) for a in tqdm(archs, desc="convert calibration nets", unit="net", leave=False)}
-    result = _measure_files(device, files, seed + 1, "measure calibration nets")
+    result = measure_files(device, files, seed + 1, "measure calibration nets")
     uncalibrated = LatencyPredictor(LatencyTable(device=table.device, space=table.space, protocol=table.protocol,
                                                  entries=table.entries))
     nets = []

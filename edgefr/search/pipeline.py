@@ -7,9 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefr.devices import open_transport
 from edgefr.errors import EdgefrError
-from edgefr.latency.models import ModelFileCache
+from edgefr.latency.profile import measure_network
 from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
 from edgefr.space import MFN_SPACE, count_flops, count_params, create_model, load_arch_file
@@ -23,11 +22,6 @@ class Measured:
     predicted_ms: dict[str, float]
     measured_ms: dict[str, float]
     rounds: list[dict]
-
-
-def measure_arch(device, arch) -> float:
-    path = ModelFileCache(device.runtime, device.dtype).network(arch)
-    return open_transport(device).measure({arch.name: path}, seed=0)["results"][arch.name]["ms"]
 
 
 def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
@@ -47,7 +41,7 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
     for round_index in range(MEASURE_ROUNDS):
         arch, moves = fit_to_budget(MFN_SPACE, arch, budgets, log_prob, preferred, corrections)
         predicted = {b.device: b.predict(arch) for b in budgets}
-        measured = {b.device: measure_arch(devices[b.device], arch) for b in budgets}
+        measured = {b.device: measure_network(devices[b.device], arch) for b in budgets}
         ratios = {b.device: measured[b.device] / b.budget_ms for b in budgets}
         rounds.append({"round": round_index + 1, "moves": moves, "predicted_ms": predicted, "measured_ms": measured,
                        "corrections": dict(corrections)})
