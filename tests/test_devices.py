@@ -31,6 +31,7 @@ def test_ad_hoc_targets():
     ('runtime = "onnxruntime"\nspeed = 3', "unknown keys ['speed']"),
     ('runtime = "onnxruntime"\n[protocol]\nwarmup = 1', "unknown [protocol] keys"),
     ('runtime = ', "not valid TOML"),
+    ('runtime = "onnxruntime"\n[protocol]\nstatistic = "mean"', 'statistic must be "min" or "median"'),
 ])
 def test_bad_device_files_name_the_file_and_the_problem(tmp_path, body, message):
     path = tmp_path / "board.toml"

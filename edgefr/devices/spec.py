@@ -75,9 +75,9 @@ class Device:
             raise EdgefrError(f"{where}: an ssh device needs host = \"user@host\"")
         if self.transport == "adb" and self.runtime != "tflite":
             raise EdgefrError(f"{where}: the adb transport runs TFLite's benchmark_model; set runtime = \"tflite\"")
-        if self.protocol.get("statistic") not in ("min", "median"):
-            raise EdgefrError(f"{where}: [protocol] statistic must be \"min\" or \"median\", "
-                              f"got {self.protocol.get('statistic')!r}")
+        statistic = self.protocol.get("statistic", DEFAULT_PROTOCOL["statistic"])  # the agent fills in defaults
+        if statistic not in ("min", "median"):
+            raise EdgefrError(f"{where}: [protocol] statistic must be \"min\" or \"median\", got {statistic!r}")
         unknown = set(self.protocol) - set(DEFAULT_PROTOCOL)
         if unknown:
             raise EdgefrError(f"{where}: unknown [protocol] keys {sorted(unknown)}; known: {sorted(DEFAULT_PROTOCOL)}")
