@@ -135,16 +135,9 @@ def export_device(options: ExportOptions, target: ExportTarget):
 
 
 def converter_versions() -> dict[str, str]:
-    from edgefr.convert import FLOW_VERSION
+    from edgefr.latency.models import converter_versions as flow_versions
 
-    versions = {"edgefr-flow": FLOW_VERSION}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", "ai-edge-quantizer",
-                 "coremltools"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "missing"
-    return versions
+    return flow_versions(extra=("ai-edge-quantizer", "coremltools"))
 
 
 class _Reference:

@@ -29,9 +29,10 @@ def context_module(channels: int) -> torch.nn.Module:
     return ConvBNAct(channels, channels, 3, groups=channels, act=None)
 
 
-def converter_versions() -> dict[str, str]:
+def converter_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of what writes model files (tables and cached files are keyed by the default set)."""
     versions = {"edgefr-flow": FLOW_VERSION}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert"):
+    for dist in ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", *extra):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
