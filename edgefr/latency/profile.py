@@ -51,8 +51,14 @@ def measure_files(device: Device, files: dict[str, Path], seed: int, label: str)
 
 def measure_network(device: Device, arch: Arch) -> float:
     """Convert `arch` with the device's deployment flow (cached) and measure it whole on the device, in ms."""
-    path = ModelFileCache(device.runtime, device.dtype).network(arch)
-    return measure_files(device, {arch.name: path}, 0, f"measure {arch.name}")["results"][arch.name]["ms"]
+    return measure_networks(device, {arch.name: arch}, f"measure {arch.name}")[arch.name]
+
+
+def measure_networks(device: Device, archs: dict[str, Arch], label: str) -> dict[str, float]:
+    """Several whole nets in one agent call (one upload, interleaved passes): id -> ms."""
+    cache = ModelFileCache(device.runtime, device.dtype)
+    results = measure_files(device, {key: cache.network(arch) for key, arch in archs.items()}, 0, label)["results"]
+    return {key: results[key]["ms"] for key in archs}
 
 
 def _device_record(device: Device, result: dict) -> dict:

@@ -207,7 +207,7 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
             arch_loss.backward()
             arch_opt.step()
             for d, r in ratios.items():
-                state.lambdas[d] = max(0.0, state.lambdas[d] + config.lambda_lr * (float(r) - config.target_ratio))
+                state.lambdas[d] = max(0.0, state.lambdas[d] + config.lambda_lr * (r.item() - config.target_ratio))
         state.step += 1
         if state.step % config.log_every == 0 or state.step == config.steps:
             state.trajectory.append(_snapshot(state.step, supernet, expected, budgets, state, float(loss), reward))

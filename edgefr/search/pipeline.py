@@ -4,16 +4,21 @@ report. Each phase leaves a file in the run folder, and a rerun with `--resume` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefr.errors import EdgefrError
-from edgefr.latency.profile import measure_network
+from edgefr.latency.profile import measure_networks
 from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
 from edgefr.space import MFN_SPACE, count_flops, count_params, create_model, load_arch_file
 
-MEASURE_ROUNDS = 8
+MEASURE_ROUNDS = 6
+# Each round fits one candidate per aim (corrected prediction / budget, +- AIM_HALF_WIDTH) and measures them together.
+CANDIDATE_AIMS = (0.92, 0.95, 0.98)
+AIM_HALF_WIDTH = 0.015
+WINDOW_CENTRE = sum(WINDOW) / 2
+EDGE_MARGIN = 0.02
 
 
 @dataclass
@@ -24,37 +29,82 @@ class Measured:
     rounds: list[dict]
 
 
+@dataclass
+class _Candidate:
+    arch: object
+    moves: list[str]
+    log_prob: float
+    budgets: dict[str, float]
+    predicted_ms: dict[str, float]
+    measured_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:  # the binding device's measured latency / budget
+        return max(self.measured_ms[d] / budget for d, budget in self.budgets.items())
+
+    def record(self) -> dict:
+        return {"moves": self.moves, "log_prob": self.log_prob, "predicted_ms": self.predicted_ms,
+                "measured_ms": self.measured_ms, "measured_over_budget": self.ratio}
+
+
 def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
-    """Fit the most probable architecture to the budget and measure it; refit from the measured architecture
-    with its own measured/predicted ratio (prediction errors differ between architectures, so a correction is
-    only valid near the architecture it was measured on), until a measurement lands in the window. Every
-    measured candidate is kept; the result is the one closest to the budget from below."""
+    """Fit the most probable architecture to the budget, measure, and refit until a measurement lands in the window.
+
+    Whole-net prediction errors differ between architectures (by up to ~20% at small budgets on ORT: layout
+    reorders and fusion at stage boundaries), and not monotonically, so a single candidate per round can oscillate
+    around a 10%-wide window. Each round therefore fits a few candidates aimed across the window, starting from the
+    best measured architecture so far and corrected by its own measured/predicted ratio (a correction is only valid
+    near the architecture it was measured on), and measures them together in one agent call. The result is the most
+    probable measured candidate inside the window (away from its edges if one is); failing that, the one closest to
+    the budget from below."""
     alpha = {k: v.detach().clone() for k, v in supernet.alpha.items()}
     log_prob = supernet.frozen_log_prob()
+    budget_ms = {b.device: b.budget_ms for b in budgets}
 
     def preferred(stage: int, layer: int):
         return MFN_SPACE.stages[stage].candidates[int(alpha[f"layers{stage}"][layer].argmax())]
 
-    corrections: dict[str, float] = {}
-    rounds, candidates = [], []
-    arch = supernet.derive("searched")
+    measured: dict[str, _Candidate] = {}
+    rounds, used_bases = [], set()
+    base, corrections = supernet.derive("searched"), {}
     for round_index in range(MEASURE_ROUNDS):
-        arch, moves = fit_to_budget(MFN_SPACE, arch, budgets, log_prob, preferred, corrections)
-        predicted = {b.device: b.predict(arch) for b in budgets}
-        measured = {b.device: measure_network(devices[b.device], arch) for b in budgets}
-        ratios = {b.device: measured[b.device] / b.budget_ms for b in budgets}
-        rounds.append({"round": round_index + 1, "moves": moves, "predicted_ms": predicted, "measured_ms": measured,
-                       "corrections": dict(corrections)})
-        candidates.append((arch, predicted, measured, max(ratios.values())))
-        log("round {}: {}".format(round_index + 1, ", ".join(
-            f"{d}: predicted {predicted[d]:.2f} ms, measured {measured[d]:.2f} ms ({ratios[d]:.2f} x budget)"
-            for d in predicted)))
-        if WINDOW[0] <= max(ratios.values()) <= WINDOW[1]:
+        proposals: dict[str, _Candidate] = {}
+        for aim in CANDIDATE_AIMS:
+            arch, moves = fit_to_budget(MFN_SPACE, base, budgets, log_prob, preferred, corrections,
+                                        band=(aim - AIM_HALF_WIDTH, aim + AIM_HALF_WIDTH))
+            key = arch.to_json()
+            if key not in measured and key not in proposals:
+                proposals[key] = _Candidate(arch, moves, float(log_prob(arch)), budget_ms,
+                                            {b.device: b.predict(arch) for b in budgets})
+        if proposals:
+            ids = {f"candidate-{i}": key for i, key in enumerate(proposals)}
+            for b in budgets:
+                times = measure_networks(devices[b.device], {i: proposals[key].arch for i, key in ids.items()},
+                                         f"measure round {round_index + 1}")
+                for i, key in ids.items():
+                    proposals[key].measured_ms[b.device] = times[i]
+            measured.update(proposals)
+            rounds.append({"round": round_index + 1, "corrections": dict(corrections),
+                           "candidates": [c.record() for c in proposals.values()]})
+            log(f"round {round_index + 1}: " + "; ".join(", ".join(
+                f"{d} predicted {c.predicted_ms[d]:.2f} ms measured {c.measured_ms[d]:.2f} ms" for d in budget_ms)
+                + f" ({c.ratio:.2f} x budget)" for c in proposals.values()))
+        if any(WINDOW[0] <= c.ratio <= WINDOW[1] for c in measured.values()):
             break
-        corrections = {d: measured[d] / predicted[d] for d in predicted}
-    within = [c for c in candidates if c[3] <= WINDOW[1]]
-    arch, predicted, measured, _ = max(within, key=lambda c: c[3]) if within else min(candidates, key=lambda c: c[3])
-    return Measured(arch, predicted, measured, rounds)
+        unused = [key for key in measured if key not in used_bases]
+        if not unused:
+            break
+        base_key = min(unused, key=lambda key: abs(measured[key].ratio - WINDOW_CENTRE))
+        used_bases.add(base_key)
+        base = measured[base_key].arch
+        corrections = {d: measured[base_key].measured_ms[d] / measured[base_key].predicted_ms[d] for d in budget_ms}
+    inside = [c for c in measured.values() if WINDOW[0] <= c.ratio <= WINDOW[1]]
+    # Passes of one net agree within the protocol's 3%: a candidate 2% inside the edges stays inside when re-measured.
+    inside = [c for c in inside if WINDOW[0] + EDGE_MARGIN <= c.ratio <= WINDOW[1] - EDGE_MARGIN] or inside
+    below = [c for c in measured.values() if c.ratio < WINDOW[0]]
+    best = (max(inside, key=lambda c: c.log_prob) if inside else max(below, key=lambda c: c.ratio) if below
+            else min(measured.values(), key=lambda c: c.ratio))
+    return Measured(best.arch, best.predicted_ms, best.measured_ms, rounds)
 
 
 def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool = True, distill_epochs: int = 3,

@@ -35,10 +35,18 @@ def _markdown(summary: dict) -> str:
             lines.append(f"| {name} | {100 * result['accuracy']:.2f} | {100 * result['accuracy_std']:.2f} |")
         lines.append("")
     lines += ["## Fitting and measurement", ""]
+    lines += ["| round | moves from the round's start | predicted ms | measured ms | measured / budget |",
+              "|---|---|---|---|---|"]
     for r in summary["measurement_rounds"]:
-        lines.append(f"- round {r['round']}: {len(r['moves'])} moves; measured {r['measured_ms']}")
+        for c in r["candidates"]:
+            lines.append(f"| {r['round']} | {len(c['moves'])} | {_per_device(c['predicted_ms'])} | "
+                         f"{_per_device(c['measured_ms'])} | {c['measured_over_budget']:.3f} |")
     lines += ["", "![trajectories](report.png)", ""]
     return "\n".join(lines)
+
+
+def _per_device(values: dict[str, float]) -> str:
+    return ", ".join(f"{device} {ms:.2f}" for device, ms in values.items())
 
 
 def _plot(path: Path, summary: dict) -> None:
