@@ -4,7 +4,7 @@
 
 For every device and budget: `edgefr search` (search + fit + measure + distill + evaluate), then the
 width/depth-scaled MobileFaceNet whose measured latency is closest to the searched student's, distilled from the
-same teacher on the same data with the same KD methods and epochs, and evaluated the same way. Prints one table:
+same teacher on the same data with the same recipe (`SHORT_RUN_RECIPE`) and epochs, and evaluated the same way. Prints one table:
 budget, measured ms, params, MFLOPs, LFW and CelebA-pairs accuracy, wall time.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from edgefr.devices import resolve_device
-from edgefr.distill import distill
+from edgefr.distill import SHORT_RUN_RECIPE, distill
 from edgefr.distill.cli import default_data
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_network
@@ -48,9 +48,9 @@ def row(label: str, arch, measured_ms: float, accuracy: dict, seconds: float) ->
 @click.option("--budget", "budgets", type=float, multiple=True, default=[2.0, 4.0, 8.0])
 @click.option("--teacher", default="sface")
 @click.option("--data", help="Training faces [$EDGEFR_DATA or ../shared/faces/celeba].")
-@click.option("--kd", default="proxyless,mimic")
+@click.option("--kd", default="proxyless,mimic", help="KD objective guiding the search.")
 @click.option("--steps", default=300, help="Search steps.")
-@click.option("--epochs", default=3, help="Distillation epochs, the same for searched and baseline students.")
+@click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
 def main(devices, budgets, teacher, data, kd, steps, epochs, out) -> None:
     data = data or default_data()
@@ -68,8 +68,8 @@ def main(devices, budgets, teacher, data, kd, steps, epochs, out) -> None:
             "searched", summary["arch"], searched_ms, summary["accuracy"], time.perf_counter() - started)})
         started = time.perf_counter()
         baseline = matched_baseline(device, searched_ms)
-        trained = distill(baseline, teacher, data, kd, epochs, run / "baseline", optimizer="adamw", lr=config.lr,
-                          batch_size=config.batch_size, resume=(run / "baseline" / "last.pt").is_file())
+        trained = distill(baseline, teacher, data, epochs=epochs, out=run / "baseline",
+                          resume=(run / "baseline" / "last.pt").is_file(), **SHORT_RUN_RECIPE)
         rows.append({"device": device_name, "budget_ms": budget, **row(
             baseline.name, baseline, measure_network(device, baseline), evaluate_student(trained.student),
             time.perf_counter() - started)})

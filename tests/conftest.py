@@ -47,10 +47,41 @@ def small_imagefolder(tmp_path_factory) -> Path:
 
 def lfw_subset(per_fold_and_kind: int):
     """The first n same and n different LFW pairs of each fold, keeping the 10-fold structure."""
-    from edgefr.data.pairs import PairSet, read_lfw_pairs
+    from edgefr.data.pairs import read_lfw_pairs
 
-    pairs = read_lfw_pairs(LFW / "pairs.txt", LFW)
-    keep = np.concatenate([np.flatnonzero((pairs.fold == f) & (pairs.same == s))[:per_fold_and_kind]
-                           for f in range(10) for s in (True, False)])
-    return PairSet([pairs.left[i] for i in keep], [pairs.right[i] for i in keep], pairs.same[keep],
-                   pairs.fold[keep], name=f"lfw-{len(keep)}")
+    return read_lfw_pairs(LFW / "pairs.txt", LFW).per_fold_subset(2 * per_fold_and_kind)
+
+
+DISTILLED_ARCH = "mobilefacenet_w050_d050_relu"
+
+
+@pytest.fixture(scope="session")
+def distilled_student(tmp_path_factory):
+    """A small student distilled for 3 epochs from SFace on ~2000 CelebA faces (96 identities) with the short-run
+    recipe, once per session, with its own teacher-embedding cache: the trained model the int8 and accuracy tests
+    need (tests/test_distill.py asserts that it beats its initialization on LFW)."""
+    import os
+
+    import torch
+
+    from edgefr.distill import SHORT_RUN_RECIPE, distill
+
+    if not CELEBA.is_dir():
+        pytest.skip("../shared/faces/celeba is absent")
+    root = tmp_path_factory.mktemp("distilled")
+    faces = root / "faces"
+    faces.mkdir()
+    for identity in sorted(p for p in CELEBA.iterdir() if p.is_dir())[:96]:
+        (faces / identity.name).symlink_to(identity)
+    previous, threads = os.environ.get("EDGEFR_CACHE"), torch.get_num_threads()
+    os.environ["EDGEFR_CACHE"] = str(root / "cache")
+    torch.set_num_threads(1)  # the same arithmetic (and result) whichever test asks first
+    try:
+        return distill(DISTILLED_ARCH, "sface", faces, epochs=3, out=root / "run", progress=False,
+                       **SHORT_RUN_RECIPE)
+    finally:
+        torch.set_num_threads(threads)
+        if previous is None:
+            del os.environ["EDGEFR_CACHE"]
+        else:
+            os.environ["EDGEFR_CACHE"] = previous

@@ -19,6 +19,7 @@ from edgefr.distill.embedder import to_model_input
 from edgefr.errors import EdgefrError
 from edgefr.paths import shared_dir
 from edgefr.space import create_model, load_student
+from tests.conftest import DISTILLED_ARCH
 from tests.support import first_identities
 
 CELEBA = shared_dir() / "faces" / "celeba"
@@ -239,6 +240,27 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(faces, cache, tmp_path
     assert (tmp_path / "parts" / "metrics.csv").read_text().count("\n") == 3
     with pytest.raises(EdgefrError, match="other settings"):
         distill(TINY, out=tmp_path / "parts", resume=True, **{**settings, "lr": 0.01})
+
+
+@pytest.mark.slow
+def test_short_distill_improves_lfw_over_the_untrained_student(distilled_student):
+    """Three epochs of teacher-embedding regression on ~2000 CelebA faces must lift a small student on LFW (1200
+    pairs, 10 folds) by 3 pp or more over its own initialization, whose random features already score ~61%.
+    Measured here: 61.0 -> 68.0%. (With the margin loss at full weight, the same run memorised the 100 identities
+    and fell below the untrained net.)"""
+    from edgefr.distill.embedder import ModuleEmbedder
+    from edgefr.verify import verify_pairs
+    from edgefr.verify.shared_sets import shared_pair_sets
+
+    lfw = shared_pair_sets(("lfw",)).get("lfw")
+    if lfw is None:
+        pytest.skip("../shared/faces/lfw is absent")
+    lfw = lfw.per_fold_subset(120)
+    torch.manual_seed(0)  # distill's seed: the student it started from
+    untrained = create_model(DISTILLED_ARCH).eval()
+    before = verify_pairs(ModuleEmbedder(untrained, "untrained"), lfw, progress=False).accuracy
+    after = verify_pairs(ModuleEmbedder(distilled_student.student, "distilled"), lfw, progress=False).accuracy
+    assert after >= before + 0.03, (before, after)
 
 
 @needs_faces

@@ -4,7 +4,6 @@ faces, metadata carries the preprocessing into `edgefr eval`, failed checks and 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,6 @@ from tests.conftest import needs_lfw
 from tests.support import assert_one_line_error, run_edgefr
 
 SMALL_ARCH = "mobilefacenet_w050_d050_relu"
-# A student checkpoint with trained weights, for the int8 tolerance test (none ships with the repo).
-TRAINED_STUDENT = os.environ.get("EDGEFR_TRAINED_STUDENT")
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +128,10 @@ def test_cli_export_writes_report_fails_a_tight_check_and_eval_reads_the_metadat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TRAINED_STUDENT, reason="needs trained weights: set EDGEFR_TRAINED_STUDENT=student.pt "
-                                                "(no distilled checkpoint ships with the repo)")
 @needs_lfw
-def test_int8_exports_of_a_trained_student_pass_their_recipes(tmp_path):
-    options = ExportOptions(model=TRAINED_STUDENT, targets=[ExportTarget("onnx", "int8"), ExportTarget("tflite", "int8")],
+def test_int8_exports_of_a_distilled_student_pass_their_recipes(distilled_student, tmp_path):
+    options = ExportOptions(model=str(distilled_student.best_path),
+                            targets=[ExportTarget("onnx", "int8"), ExportTarget("tflite", "int8")],
                             out=tmp_path, calib_images=100, agreement_faces=50, pairs_limit=600, device="none")
     report = run_export(options)
     assert report["passed"], report["failures"]

@@ -171,7 +171,7 @@ def test_cli_latency_measure_prints_breakdown_prediction_and_error(small_ort_tab
     assert "stem:r112:c3-32" in result.stdout and "head:r7" in result.stdout
     predicted = float(result.stdout.split("predicted:")[1].split()[0])
     measured = float(result.stdout.split("measured:")[1].split()[0])
-    assert predicted == pytest.approx(table_total(table), rel=1e-3)
+    assert predicted == pytest.approx(table_total(table), abs=5.1e-4)  # printed with 3 decimals
     # In-context block entries already sum close to the whole net, even uncalibrated, on a loaded CI machine.
     assert 0.5 < predicted / measured < 1.6
 

@@ -90,6 +90,22 @@ def test_budget_fit_lands_in_the_band_and_unreachable_budgets_state_the_range(or
         assert 0.91 <= ort.predict(arch).total_ms / target <= 0.97, (target, moves[-3:])
     with pytest.raises(EdgefrError, match=r"not reachable on host-ort: the search space spans"):
         check_reachable(MFN_SPACE, [Budget("host-ort", low / 3, budget.predict)], 128, 512)
+    with pytest.raises(EdgefrError, match=r"not reachable on host-ort: the search space spans"):
+        check_reachable(MFN_SPACE, [Budget("host-ort", high * 1.2, budget.predict)], 128, 512)
+
+
+def test_several_devices_need_one_binding_budget_and_none_below_its_range(ort):
+    int8 = LatencyPredictor(load_device_table(resolve_device("host-tflite-int8")))
+    on_ort = lambda ms: Budget("host-ort", ms, lambda a: ort.predict(a).total_ms)  # noqa: E731
+    on_int8 = lambda ms: Budget("host-tflite-int8", ms, lambda a: int8.predict(a).total_ms)  # noqa: E731
+    ort_range = check_reachable(MFN_SPACE, [on_ort(5.0)], 128, 512)["host-ort"]
+    int8_range = check_reachable(MFN_SPACE, [on_int8(2.0)], 128, 512)["host-tflite-int8"]
+    # Above int8's largest network, but ORT binds: one student for both is well posed.
+    check_reachable(MFN_SPACE, [on_ort(5.0), on_int8(int8_range[1] * 1.5)], 128, 512)
+    with pytest.raises(EdgefrError, match=r"not reachable on host-ort"):
+        check_reachable(MFN_SPACE, [on_ort(ort_range[1] * 1.5), on_int8(int8_range[1] * 1.5)], 128, 512)
+    with pytest.raises(EdgefrError, match=r"not reachable on host-tflite-int8"):
+        check_reachable(MFN_SPACE, [on_ort(5.0), on_int8(int8_range[0] / 3)], 128, 512)
 
 
 def test_cli_unreachable_budget_is_a_one_line_error_with_the_range():
@@ -116,6 +132,11 @@ def test_tiny_search_meets_the_budget_measured_and_resumes_after_a_kill(tmp_path
     report = json.loads((tmp_path / "whole" / "report.json").read_text())
     (budget,) = report["budgets"]
     assert 0.90 <= budget["measured_over_budget"] <= 1.00, report["measurement_rounds"]
+    # The per-block table of the report adds up to the whole-net prediction (plus the calibration offset).
+    offset = LatencyPredictor(load_device_table(resolve_device("host-ort"))).offset_ms
+    assert sum(b["predicted_ms"]["host-ort"] for b in report["blocks"]) + offset == pytest.approx(
+        budget["predicted_ms"], rel=1e-6)
+    assert len(report["blocks"]) == 2 + sum(len(s["layers"]) for s in report["arch"]["stages"])
     assert (tmp_path / "whole" / "report.md").is_file() and (tmp_path / "whole" / "report.png").stat().st_size > 0
     # Kill a second run once it has checkpointed, then resume it: it must end where the uninterrupted run did.
     process = subprocess.Popen(tiny_search(tmp_path / "killed", faces), stdout=subprocess.DEVNULL,

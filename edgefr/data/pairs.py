@@ -25,6 +25,14 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.left)
 
+    def per_fold_subset(self, per_fold: int) -> "PairSet":
+        """The first `per_fold` pairs of each fold, half same and half different: the same protocol on fewer
+        images (whole set when `per_fold` covers every fold)."""
+        keep = np.concatenate([np.flatnonzero((self.fold == f) & (self.same == s))[:per_fold // 2]
+                               for f in np.unique(self.fold) for s in (True, False)])
+        return PairSet([self.left[i] for i in keep], [self.right[i] for i in keep], self.same[keep],
+                       self.fold[keep], name=f"{self.name} ({len(keep)} pairs)")
+
     def unique_paths(self) -> list[str]:
         """Every image once, in first-seen order (LFW: 7,701 images behind 12,000 pair sides)."""
         return list(dict.fromkeys(self.left + self.right))

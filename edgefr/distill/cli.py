@@ -23,20 +23,6 @@ def default_data() -> str:
                       "or set EDGEFR_DATA")
 
 
-def lfw_accuracy(model, name: str):
-    """LFW 10-fold verification of `model` (None when the shared LFW folder is absent)."""
-    from edgefr.paths import shared_dir
-
-    lfw = shared_dir() / "faces" / "lfw"
-    if not (lfw / "pairs.txt").is_file():
-        return None
-    from edgefr.data.pairs import read_lfw_pairs
-    from edgefr.distill.embedder import ModuleEmbedder
-    from edgefr.verify import verify_pairs
-
-    return verify_pairs(ModuleEmbedder(model, name), read_lfw_pairs(lfw / "pairs.txt", lfw))
-
-
 def training_options(command):
     """The options `distill` and `train` share."""
     options = [
@@ -70,7 +56,10 @@ def run_and_report(arch: str, teacher, methods: str, data: str | None, epochs: i
         return
     best = result.best
     click.echo(f"best epoch {best.get('epoch')}: validation accuracy {best.get('val_accuracy', float('nan')):.4f}")
-    lfw = lfw_accuracy(result.student, f"{out}/best.pt")
+    from edgefr.distill.embedder import ModuleEmbedder
+    from edgefr.verify.shared_sets import evaluate_shared
+
+    lfw = evaluate_shared(ModuleEmbedder(result.student, f"{out}/best.pt"), ("lfw",)).get("lfw")
     if lfw is not None:
         click.echo(f"LFW 10-fold accuracy of best.pt: {100 * lfw.accuracy:.2f} +- {100 * lfw.accuracy_std:.2f}")
     click.echo(f"outputs: {result.best_path}, {result.last_path}, {result.metrics_csv}")
@@ -84,6 +73,10 @@ def run_and_report(arch: str, teacher, methods: str, data: str | None, epochs: i
 @click.option("--kd", default="proxyless,mimic", show_default=True,
               help="Comma-separated: mimic, proxyless, neuron, multistep, arcface/cosface; 'none' = ArcFace only.")
 @click.option("--online-teacher", is_flag=True, help="Embed each augmented batch with the teacher (slower, exact).")
+@click.option("--mimic-weight", type=float, default=100.0, show_default=True,
+              help="Weight of the embedding mimic (MSE of normalized embeddings).")
+@click.option("--margin-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the margin softmax; 0 = pure embedding regression (best for short runs on few faces).")
 @training_options
 def distill_command(arch: str, teacher: str, kd: str, online_teacher: bool, **options) -> None:
     """Train a student from a teacher with the chosen KD methods; prints LFW accuracy of best.pt."""

@@ -189,7 +189,8 @@ class Objective(nn.Module):
     def __init__(self, student: nn.Module, methods: tuple[str, ...], num_classes: int,
                  teacher_dim: int | None = None, class_centres: torch.Tensor | None = None,
                  neurons: NeuronSelection | None = None, mimic_weight: float = 100.0,
-                 neuron_weight: float = 1.0, margin: float | None = None, scale: float = 64.0):
+                 neuron_weight: float = 1.0, margin: float | None = None, scale: float = 64.0,
+                 margin_weight: float = 1.0):
         super().__init__()
         self.student = student
         self.methods = methods
@@ -211,6 +212,7 @@ class Objective(nn.Module):
         self.mimic = EmbeddingMimic(dim, teacher_dim) if {"mimic", "multistep"} & set(methods) else None
         self.neuron = NeuronRegression(dim, neurons) if "neuron" in methods else None
         self.mimic_weight = mimic_weight
+        self.margin_weight = margin_weight
         self.neuron_weight = neuron_weight
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
@@ -218,7 +220,7 @@ class Objective(nn.Module):
         embedding = self.student(images).float()
         # The student may run under autocast; cosines times scale 64 need float32 precision.
         with torch.autocast(embedding.device.type, enabled=False):
-            parts = {"margin": self.classifier(self.to_teacher(embedding), labels)}
+            parts = {"margin": self.margin_weight * self.classifier(self.to_teacher(embedding), labels)}
             if self.mimic is not None:
                 parts["mimic"] = self.mimic_weight * self.mimic(embedding, teacher)
             if self.neuron is not None:

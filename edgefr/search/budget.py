@@ -85,13 +85,21 @@ def extreme_arch(space: SearchSpace, budgets: list[Budget], embedding: int, head
 def check_reachable(space: SearchSpace, budgets: list[Budget], embedding: int, head_width: int) -> dict:
     low = extreme_arch(space, budgets, embedding, head_width, largest=False)
     high = extreme_arch(space, budgets, embedding, head_width, largest=True)
-    ranges = {}
-    for b in budgets:
-        lo_ms, hi_ms = b.predict(low), b.predict(high)
-        ranges[b.device] = (lo_ms, hi_ms)
-        if b.budget_ms * WINDOW[1] < lo_ms or b.budget_ms * WINDOW[0] > hi_ms:
-            raise EdgefrError(f"--latency-ms {b.budget_ms:g} is not reachable on {b.device}: the search space spans "
-                              f"{lo_ms:.2f}..{hi_ms:.2f} ms there (predicted); choose a budget in that range")
+    ranges = {b.device: (b.predict(low), b.predict(high)) for b in budgets}
+
+    def unreachable(b: Budget) -> str:
+        lo_ms, hi_ms = ranges[b.device]
+        return (f"--latency-ms {b.budget_ms:g} is not reachable on {b.device}: the search space spans "
+                f"{lo_ms:.2f}..{hi_ms:.2f} ms there (predicted); choose a budget in that range")
+
+    for b in budgets:  # below the cheapest network: nothing meets it
+        if b.budget_ms * WINDOW[1] < ranges[b.device][0]:
+            raise EdgefrError(unreachable(b))
+    # Above the largest network a budget cannot bind; with several devices another one may (the student then only
+    # has to stay under this one), but one budget at least must be reachable from below.
+    binding = [b for b in budgets if b.budget_ms * WINDOW[0] <= ranges[b.device][1]]
+    if not binding:
+        raise EdgefrError(unreachable(budgets[0]))
     return ranges
 
 

@@ -210,9 +210,9 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
                 state.lambdas[d] = max(0.0, state.lambdas[d] + config.lambda_lr * (r.item() - config.target_ratio))
         state.step += 1
         if state.step % config.log_every == 0 or state.step == config.steps:
-            state.trajectory.append(_snapshot(state.step, supernet, expected, budgets, state, float(loss), reward))
+            state.trajectory.append(_snapshot(state.step, supernet, expected, budgets, state, loss.item(), reward))
             shown = state.trajectory[-1]["expected_ms"]
-            bar.set_postfix_str(" ".join(f"E[{d}]={v:.2f}ms" for d, v in shown.items()) + f" loss={float(loss):.2f}")
+            bar.set_postfix_str(" ".join(f"E[{d}]={v:.2f}ms" for d, v in shown.items()) + f" loss={loss.item():.2f}")
         if state.step % config.checkpoint_every == 0 or state.step == config.steps:
             save()
         bar.update()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefr.errors import EdgefrError
+from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_networks
 from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
@@ -107,7 +108,7 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
     return Measured(best.arch, best.predicted_ms, best.measured_ms, rounds)
 
 
-def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool = True, distill_epochs: int = 3,
+def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool = True, distill_epochs: int = 2,
                  resume: bool = False, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     arch_path, measured_path = out / "arch.json", out / "measured.json"
@@ -123,7 +124,11 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         measured = {"predicted_ms": result.predicted_ms, "measured_ms": result.measured_ms, "rounds": result.rounds}
         measured_path.write_text(json.dumps(measured, indent=1) + "\n")
     model = create_model(arch)
+    # The device whose budget the student is closest to; with several devices the window applies to it, the
+    # others only have to be under budget.
+    binding = max(budgets, key=lambda b: measured["measured_ms"][b.device] / b.budget_ms).device
     summary = {
+        "blocks": block_predictions(arch, devices),
         "schema": "edgefr.search-report/1", "arch": arch.to_dict(), "arch_file": str(arch_path),
         # What the search learned, before fitting: deterministic given the seed (the fit depends on measurements).
         "most_probable_arch": supernet.derive("most-probable").to_dict(),
@@ -131,24 +136,27 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
                      "predicted_ms": measured["predicted_ms"][b.device],
                      "measured_ms": measured["measured_ms"][b.device],
                      "measured_over_budget": measured["measured_ms"][b.device] / b.budget_ms,
-                     "within_window": WINDOW[0] <= measured["measured_ms"][b.device] / b.budget_ms <= WINDOW[1]}
+                     "within_window": WINDOW[0] <= measured["measured_ms"][b.device] / b.budget_ms <= WINDOW[1],
+                     "binding": b.device == binding}
                     for b in budgets],
         "params": count_params(model), "mflops": count_flops(model) / 1e6, "search": {
             "steps": state.step, "config": {k: v for k, v in config.__dict__.items()}, "trajectory": state.trajectory},
         "measurement_rounds": measured["rounds"],
     }
     if train:
-        from edgefr.distill import distill
+        from edgefr.distill import SHORT_RUN_RECIPE, distill
 
+        # The search ranked architectures with the KD objective (--kd); the searched student is distilled with the
+        # recipe measured best for short runs.
         student_dir = out / "distill"
-        outcome = distill(arch, teacher, data, ",".join(config.methods), distill_epochs, student_dir,
-                          resume=resume and (student_dir / "last.pt").is_file(), optimizer="adamw", lr=config.lr,
-                          batch_size=config.batch_size, seed=config.seed, max_images=config.max_images)
+        outcome = distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
+                          resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
+                          max_images=config.max_images, **SHORT_RUN_RECIPE)
         from edgefr.space import save_student
 
         save_student(out / "student.pt", outcome.student, metrics=outcome.best, arch_file=str(arch_path))
         summary["student"] = str(out / "student.pt")
-        summary["training"] = {"epochs": distill_epochs, "history": outcome.history}
+        summary["training"] = {"epochs": distill_epochs, "recipe": SHORT_RUN_RECIPE, "history": outcome.history}
         summary["accuracy"] = evaluate_student(outcome.student)
     from edgefr.search.report import write_report
 
@@ -156,21 +164,23 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     return summary
 
 
+def block_predictions(arch, devices) -> list[dict]:
+    """Per block of `arch` (stem, each stage's layers, head): its key and calibrated predicted ms per device."""
+    predictors = {name: LatencyPredictor(load_device_table(device)) for name, device in devices.items()}
+    positions = [("stem", None, None)] + [(str(s), stage.width, j) for s, stage in enumerate(arch.stages)
+                                          for j in range(len(stage.layers))] + [("head", arch.head_width, None)]
+    return [{"stage": stage, "width": width, "layer": layer, "block": spec.key,
+             "predicted_ms": {name: p.block_ms(spec) for name, p in predictors.items()}}
+            for (stage, width, layer), spec in zip(positions, arch.block_specs())]
+
+
 def evaluate_student(model) -> dict:
     """LFW 10-fold and CelebA-pairs accuracy where the shared faces exist."""
-    from edgefr.data.pairs import read_lfw_pairs, sample_imagefolder_pairs
     from edgefr.distill.embedder import ModuleEmbedder
     from edgefr.paths import shared_dir
-    from edgefr.verify import verify_pairs
+    from edgefr.verify.shared_sets import evaluate_shared
 
-    embedder = ModuleEmbedder(model, "student")
-    results = {}
-    lfw = shared_dir() / "faces" / "lfw"
-    if (lfw / "pairs.txt").is_file():
-        results["lfw"] = verify_pairs(embedder, read_lfw_pairs(lfw / "pairs.txt", lfw)).to_dict()
-    celeba = shared_dir() / "faces" / "celeba"
-    if celeba.is_dir():
-        results["celeba_pairs"] = verify_pairs(embedder, sample_imagefolder_pairs(celeba, 3000, seed=0)).to_dict()
+    results = evaluate_shared(ModuleEmbedder(model, "student"))
     if not results:
         raise EdgefrError(f"no evaluation faces under {shared_dir()}/faces (lfw, celeba); set EDGEFR_SHARED")
-    return results
+    return {name: result.to_dict() for name, result in results.items()}

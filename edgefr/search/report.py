@@ -21,13 +21,16 @@ def _markdown(summary: dict) -> str:
              "|---|---|---|---|---|"]
     for b in summary["budgets"]:
         lines.append(f"| {b['device']} | {b['budget_ms']:g} | {b['predicted_ms']:.2f} | {b['measured_ms']:.2f} | "
-                     f"{b['measured_over_budget']:.2f}{'' if b['within_window'] else ' (outside 0.90-1.00)'} |")
+                     f"{b['measured_over_budget']:.2f}{_window_note(b)} |")
+    devices = [b["device"] for b in summary["budgets"]]
     lines += ["", f"Params {summary['params'] / 1e6:.3f}M, {summary['mflops']:.1f} MFLOPs, "
               f"{summary['search']['steps']} search steps.", "", "## Architecture", "",
-              "| stage | width | layer | block |", "|---|---|---|---|"]
-    for s, stage in enumerate(arch.stages):
-        for j, layer in enumerate(stage.layers):
-            lines.append(f"| {s} | {stage.width} | {j} | {layer.label} |")
+              "| stage | width | layer | block | " + " | ".join(f"{d} predicted ms" for d in devices) + " |",
+              "|---" * (4 + len(devices)) + "|"]
+    for b in summary["blocks"]:
+        cells = [b["stage"], "" if b["width"] is None else b["width"], "" if b["layer"] is None else b["layer"],
+                 f"`{b['block']}`"] + [f"{b['predicted_ms'][d]:.3f}" for d in devices]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"Stem {arch.stem_act}, head {arch.head_width} {arch.head_act}, embedding {arch.embedding}.", ""]
     if "accuracy" in summary:
         lines += ["## Accuracy", "", "| set | accuracy % | std |", "|---|---|---|"]
@@ -43,6 +46,14 @@ def _markdown(summary: dict) -> str:
                          f"{_per_device(c['measured_ms'])} | {c['measured_over_budget']:.3f} |")
     lines += ["", "![trajectories](report.png)", ""]
     return "\n".join(lines)
+
+
+def _window_note(budget: dict) -> str:
+    if budget["within_window"]:
+        return " (binding)" if budget.get("binding") else ""
+    if not budget.get("binding") and budget["measured_over_budget"] <= 1.0:
+        return " (under budget; another device binds)"
+    return " (outside 0.90-1.00)"
 
 
 def _per_device(values: dict[str, float]) -> str:
