@@ -178,3 +178,10 @@ def test_cli_latency_measure_prints_breakdown_prediction_and_error(small_ort_tab
 
 def table_total(table):
     return sum(table.entries[s.key]["ms"] for s in resolve_arch(SMALL_ARCH).block_specs())
+
+
+def test_profile_help_states_the_calibration_default():
+    from edgefr.latency.profile import DEFAULT_CALIBRATION_NETS
+
+    result = run_edgefr("profile", "--help")
+    assert result.returncode == 0 and f"[default: {DEFAULT_CALIBRATION_NETS}]" in " ".join(result.stdout.split())

@@ -16,7 +16,9 @@ DEVICE_HELP = "Device name in devices/, a .toml file, ssh://user@host[:port] or 
 @click.option("--arch", "archs", multiple=True,
               help="Profile only the blocks of these architectures (names or JSON files); default: the whole space.")
 @click.option("--limit", type=int, help="Profile at most this many blocks (a quick partial table).")
-@click.option("--calibration-nets", default=12, show_default=True, help="Whole nets measured to calibrate block sums.")
+@click.option("--calibration-nets", type=int, default=None,
+              help="Whole nets measured to calibrate block sums [default: 40]; rerunning `profile` on a complete "
+                   "table only recalibrates it.")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]), help="Embedding size.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Table file [latency_tables/DEVICE.json].")
 @click.option("--fresh", is_flag=True, help="Ignore an existing or partial table and measure everything again.")
@@ -40,8 +42,9 @@ def profile_command(device_spec, runtime, dtype, archs, limit, calibration_nets,
     if limit:
         blocks = (blocks or MFN_SPACE.all_block_specs(embeddings=(int(embedding),)))[:limit]
     out = out or table_path(device.table_name)
-    table = profile_device(device, MFN_SPACE, out, blocks=blocks, calibration_nets=calibration_nets,
-                           embedding=int(embedding), seed=seed, fresh=fresh, log=click.echo)
+    calibration = {} if calibration_nets is None else {"calibration_nets": calibration_nets}
+    table = profile_device(device, MFN_SPACE, out, blocks=blocks, embedding=int(embedding), seed=seed, fresh=fresh,
+                           log=click.echo, **calibration)
     click.echo(f"wrote {out}: {len(table.entries)} blocks, {table.device['runtime']} "
                f"{table.device['runtime_version']} {table.device['dtype']}, cpu {table.device['cpu']!r}")
 

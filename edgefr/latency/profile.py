@@ -27,6 +27,10 @@ from edgefr.space.searchspace import SearchSpace
 
 CALIBRATION_SEED = 12345  # benchmarks sample with other seeds, so calibration nets are not test nets
 MIN_CALIBRATION_NETS = 4  # three coefficients (two scales, one offset) need more nets than unknowns
+# Measured on host-ort (60 held-out random nets): fitted on 12 nets the calibration predicted them with 7.9% MAPE
+# (67% within 10%); fitted on 42, 4.6% (93%). Richer groupings (per block kind, resolution, activation x
+# resolution) did not beat per-activation scales; more nets did.
+DEFAULT_CALIBRATION_NETS = 40
 
 
 def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Arch]:
@@ -101,7 +105,7 @@ def _entry(spec: BlockSpec, measured: dict, contexts: dict[str, dict]) -> dict:
 
 
 def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,
-                   calibration_nets: int = 12, embedding: int = 128, seed: int = 0, chunk_size: int = 64,
+                   calibration_nets: int = DEFAULT_CALIBRATION_NETS, embedding: int = 128, seed: int = 0, chunk_size: int = 64,
                    fresh: bool = False, log=print) -> LatencyTable:
     specs = blocks if blocks is not None else space.all_block_specs()
     partial = out.with_name(out.stem + ".partial.json")
