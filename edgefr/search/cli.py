@@ -38,8 +38,7 @@ def ensure_table(device_name: str, log) -> None:
 @click.option("--steps", default=300, show_default=True, help="Search steps (one sampled architecture each).")
 @click.option("--warmup-steps", default=60, show_default=True, help="Steps training weights before the arch.")
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--distill-epochs", default=2, show_default=True,
-              help="Epochs distilling the searched student (the default keeps the whole run under 30 min on 2 cores).")
+@click.option("--distill-epochs", default=2, show_default=True, help="Epochs distilling the searched student.")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
 @click.option("--max-images", type=int, help="Use at most this many training images (whole identities).")
 @click.option("--seed", default=0, show_default=True)
