@@ -66,13 +66,10 @@ def distilled_student(tmp_path_factory):
 
     from edgefr.distill import SHORT_RUN_RECIPE, distill
 
-    if not CELEBA.is_dir():
-        pytest.skip("../shared/faces/celeba is absent")
+    from tests.support import first_identities
+
     root = tmp_path_factory.mktemp("distilled")
-    faces = root / "faces"
-    faces.mkdir()
-    for identity in sorted(p for p in CELEBA.iterdir() if p.is_dir())[:96]:
-        (faces / identity.name).symlink_to(identity)
+    faces = first_identities(root / "faces", 96)  # skips when CelebA is absent
     previous, threads = os.environ.get("EDGEFR_CACHE"), torch.get_num_threads()
     os.environ["EDGEFR_CACHE"] = str(root / "cache")
     torch.set_num_threads(1)  # the same arithmetic (and result) whichever test asks first
