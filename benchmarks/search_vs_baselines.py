@@ -1,10 +1,11 @@
 """Searched students against MobileFaceNet scaled to the same measured latency, trained alike.
 
-    python benchmarks/search_vs_baselines.py --device host-ort --device host-tflite-int8 --budget 2 --budget 4 --budget 8
+  python benchmarks/search_vs_baselines.py --device host-ort --device host-tflite-int8 --budget 2 --budget 4 --budget 8
 
 For every device and budget: `edgefr search` (search + fit + measure + distill + evaluate), then the
 width/depth-scaled MobileFaceNet whose measured latency is closest to the searched student's, distilled from the
-same teacher on the same data with the same recipe (`SHORT_RUN_RECIPE`) and epochs, and evaluated the same way. Prints one table:
+same teacher on the same data with the same recipe (`SHORT_RUN_RECIPE`) and epochs, and evaluated the same way.
+Prints one table:
 budget, measured ms, params, MFLOPs, LFW and CelebA-pairs accuracy, wall time.
 """
 
@@ -51,9 +52,11 @@ def row(label: str, arch, measured_ms: float, accuracy: dict, seconds: float) ->
 @click.option("--kd", default="proxyless,mimic", help="KD objective guiding the search.")
 @click.option("--steps", default=300, help="Search steps.")
 @click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
+@click.option("--distill-minutes", default=12.0, help="The distillation time box of `edgefr search` (0: none), both.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
-def main(devices, budgets, teacher, data, kd, steps, epochs, out) -> None:
+def main(devices, budgets, teacher, data, kd, steps, epochs, distill_minutes, out) -> None:
     data = data or default_data()
+    time_box = distill_minutes * 60 or None
     rows = []
     for device_name, budget in itertools.product(devices, budgets):
         device = resolve_device(device_name)
@@ -62,14 +65,15 @@ def main(devices, budgets, teacher, data, kd, steps, epochs, out) -> None:
         config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")), steps=steps,
                               checkpoint_every=max(1, min(20, steps // 4)))
         summary = run_pipeline(config, teacher, data, run, train=True, distill_epochs=epochs,
-                               resume=(run / "search_state.pt").is_file())
+                               distill_minutes=distill_minutes or None, resume=(run / "search_state.pt").is_file())
         searched_ms = summary["budgets"][0]["measured_ms"]
         rows.append({"device": device_name, "budget_ms": budget, **row(
             "searched", summary["arch"], searched_ms, summary["accuracy"], time.perf_counter() - started)})
         started = time.perf_counter()
         baseline = matched_baseline(device, searched_ms)
         trained = distill(baseline, teacher, data, epochs=epochs, out=run / "baseline",
-                          resume=(run / "baseline" / "last.pt").is_file(), **SHORT_RUN_RECIPE)
+                          resume=(run / "baseline" / "last.pt").is_file(), time_budget_s=time_box,
+                          **SHORT_RUN_RECIPE)
         rows.append({"device": device_name, "budget_ms": budget, **row(
             baseline.name, baseline, measure_network(device, baseline), evaluate_student(trained.student),
             time.perf_counter() - started)})

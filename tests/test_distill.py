@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from edgefr.cli import cli
 from edgefr.distill import (EmbeddingMimic, MarginSoftmax, NeuronRegression, checkpoint_for_epoch,
                             distill, fisher_scores, parse_methods, select_neurons)
 from edgefr.distill.embedder import to_model_input
+from edgefr.distill.engine import TrainConfig, planned_steps
 from edgefr.errors import EdgefrError
 from edgefr.paths import shared_dir
 from edgefr.space import create_model, load_student
@@ -240,6 +242,27 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(faces, cache, tmp_path
     assert (tmp_path / "parts" / "metrics.csv").read_text().count("\n") == 3
     with pytest.raises(EdgefrError, match="other settings"):
         distill(TINY, out=tmp_path / "parts", resume=True, **{**settings, "lr": 0.01})
+
+
+def test_planned_steps_fit_the_time_box():
+    config = TrainConfig(methods=("mimic",), epochs=3)
+    assert planned_steps(config, 10, None) == 30
+    assert planned_steps(replace(config, time_budget_s=10.0), 10, 2.0) == 5
+    assert planned_steps(replace(config, time_budget_s=1000.0), 10, 2.0) == 30
+    assert planned_steps(replace(config, time_budget_s=0.1), 10, 2.0) == 1
+
+
+@needs_faces
+def test_a_time_boxed_run_stops_early_and_still_anneals(faces, cache, tmp_path):
+    settings = dict(teacher="sface", data=faces, methods="mimic", epochs=3, progress=False, **SMALL)
+    boxed = distill(TINY, out=tmp_path / "boxed", time_budget_s=1e-6, **settings)
+    assert [(row["epoch"], row["step"]) for row in boxed.history] == [(1, 1)]
+    assert boxed.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+    state = torch.load(boxed.last_path, weights_only=False)["train_state"]
+    assert state["total_steps"] == 1 and state["probed_seconds_per_step"] > 0
+    roomy = distill(TINY, out=tmp_path / "roomy", time_budget_s=1e6, **settings)
+    assert [row["epoch"] for row in roomy.history] == [1, 2, 3]
+    assert roomy.history[-1]["step"] == 3 * roomy.history[0]["step"]
 
 
 @pytest.mark.slow

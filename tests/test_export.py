@@ -86,6 +86,34 @@ def test_every_quantization_of_a_format_loads_and_runs_in_its_runtime(fmt, condi
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt,head_op", [("onnx", "Gemm"), ("tflite", "FULLY_CONNECTED")])
+def test_float_head_keeps_the_embedding_head_float_in_an_int8_export(fmt, head_op, conditioned_model, faces,
+                                                                      small_imagefolder, tmp_path):
+    calibration = calibration_batches(small_imagefolder, 16, conditioned_model.preprocessing)
+    float_ops, cosines = {}, {}
+    for float_head in (False, True):
+        target = ExportTarget(fmt, "int8", float_head)
+        path = write_artifact(conditioned_model, target, tmp_path / f"{target.label}{SUFFIX[fmt]}", calibration)
+        float_ops[float_head] = graph_summary(path, fmt, "int8").float_ops
+        cosines[float_head] = _cosines(conditioned_model, load_artifact_embedder(path), faces)
+    assert head_op not in float_ops[False] and float_ops[True].get(head_op) == 1, float_ops
+    # The head's rounding is gone (on a distilled student: mean cosine 0.978 -> 0.997 ONNX, 0.979 -> 0.998 TFLite).
+    assert cosines[True].mean() > cosines[False].mean() and cosines[True].min() >= 0.7, cosines
+    # Only the head changed precision: the body's convolutions are int8 in both.
+    assert set(float_ops[True]) - set(float_ops[False]) <= {head_op, "Conv", "DEPTHWISE_CONV_2D", "MatMul",
+                                                            "Mul", "Add", "MUL", "ADD", "Flatten", "Reshape"}
+
+
+def test_float_head_is_refused_where_it_means_nothing():
+    from edgefr.export.artifacts import check_target
+
+    for fmt, quantize in (("onnx", "fp32"), ("coreml", "fp16"), ("tflite", "int8-weights")):
+        with pytest.raises(EdgefrError, match="--float-head applies to --quantize int8"):
+            check_target(fmt, quantize, float_head=True)
+    assert check_target("tflite", "int8", float_head=True).label == "tflite-int8-float-head"
+
+
+@pytest.mark.slow
 def test_coreml_emulator_runs_compressed_weights(conditioned_model, tmp_path):
     from edgefr.export.coreml_mil import MilExecutor, load_mil_program
 
@@ -130,9 +158,11 @@ def test_cli_export_writes_report_fails_a_tight_check_and_eval_reads_the_metadat
 @pytest.mark.slow
 @needs_lfw
 def test_int8_exports_of_a_distilled_student_pass_their_recipes(distilled_student, tmp_path):
+    # All 6000 LFW pairs: the recipes allow a 0.3 pp drop, two pairs of a 600-pair subset (where this student's
+    # TFLite int8 lost 0.83 pp, and gained 0.28 pp on all pairs).
     options = ExportOptions(model=str(distilled_student.best_path),
                             targets=[ExportTarget("onnx", "int8"), ExportTarget("tflite", "int8")],
-                            out=tmp_path, calib_images=100, agreement_faces=50, pairs_limit=600, device="none")
+                            out=tmp_path, calib_images=100, agreement_faces=50, device="none")
     report = run_export(options)
     assert report["passed"], report["failures"]
 
@@ -164,7 +194,8 @@ def test_broken_recipe_is_a_one_line_error(tmp_path):
 
 
 def test_bad_input_is_a_one_line_error(tmp_path):
-    assert_one_line_error(run_edgefr("export", "--model", SMALL_ARCH, "--format", "pb"), "unknown export format", "'pb'")
+    assert_one_line_error(run_edgefr("export", "--model", SMALL_ARCH, "--format", "pb"),
+                          "unknown export format", "'pb'")
     assert_one_line_error(run_edgefr("export", "--model", SMALL_ARCH, "--format", "onnx", "--quantize", "fp16"),
                           "--format onnx does not support --quantize fp16")
     not_a_checkpoint = tmp_path / "student.pt"

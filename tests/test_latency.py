@@ -119,7 +119,8 @@ def test_expected_latency_is_differentiable_in_every_decision():
         head_act=torch.zeros(2, requires_grad=True))
     probs = ArchProbabilities(stem_act=logits.stem_act.softmax(-1), widths=[w.softmax(-1) for w in logits.widths],
                               depths=[d.softmax(-1) for d in logits.depths],
-                              layers=[layer.softmax(-1) for layer in logits.layers], head_act=logits.head_act.softmax(-1))
+                              layers=[layer.softmax(-1) for layer in logits.layers],
+                              head_act=logits.head_act.softmax(-1))
     expected(probs).backward()
     for tensor in [logits.stem_act, logits.head_act, *logits.widths, *logits.depths, *logits.layers]:
         assert tensor.grad is not None and tensor.grad.abs().sum() > 0

@@ -63,10 +63,31 @@ class _ArrayReader:
         return next(self._iter, None)
 
 
+def float_head_nodes(proto) -> list[str]:
+    """The embedding head after its global depthwise conv (the GDC, whose kernel spans the whole feature map,
+    then flatten, linear, BN): the node names to keep float in an int8 graph. The exporter's node names carry no
+    module scope after slimming, so the head is found by its structure."""
+    import onnx
+
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}
+    shapes.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.input})
+    nodes = list(proto.graph.node)
+    for index in range(len(nodes) - 1, -1, -1):
+        node = nodes[index]
+        if node.op_type != "Conv":
+            continue
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+        if kernel and shapes.get(node.input[0], [])[2:] == kernel:
+            return [n.name for n in nodes[index:]]
+    raise EdgefrError("no global depthwise conv found to keep the embedding head float")
+
+
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, quantize: str = "fp32",
                 calibration: Iterable[np.ndarray] | None = None, dynamic_batch: bool = False,
-                metadata: dict[str, object] | None = None) -> Path:
-    """Write `model` to `path` as ONNX; `quantize="int8"` needs `calibration` (NCHW float batches)."""
+                metadata: dict[str, object] | None = None, float_head: bool = False) -> Path:
+    """Write `model` to `path` as ONNX; `quantize="int8"` needs `calibration` (NCHW float batches); `float_head`
+    keeps the embedding head (from the global depthwise conv on) in float32 there."""
     path = Path(path)
     check_quantization("ONNX", quantize, calibration)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,12 +95,14 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path,
         fp32 = Path(tmp) / "model.onnx"
         _torch_to_onnx(model, example, fp32, dynamic_batch)
         if quantize == "int8":
+            import onnx
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+            excluded = float_head_nodes(onnx.load(str(fp32))) if float_head else []
             with quiet_converter():
                 quantize_static(str(fp32), str(Path(tmp) / "int8.onnx"), _ArrayReader("input", calibration),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, per_channel=True)
+                                weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded)
             fp32 = Path(tmp) / "int8.onnx"
         if metadata:
             import onnx

@@ -27,12 +27,14 @@ def latency_calibration_batches(shape: tuple[int, ...], count: int = 4, seed: in
 
 
 def convert_for_runtime(model: torch.nn.Module, example: torch.Tensor, runtime: str, dtype: str, path: str | Path,
-                        calibration: list[np.ndarray] | None = None) -> Path:
-    """Convert as deployed on `runtime`: ONNX Runtime gets PReLU decomposed (see `rewrites.DecomposedPReLU`)."""
+                        calibration: list[np.ndarray] | None = None, float_head: bool = False) -> Path:
+    """Convert as deployed on `runtime`: ONNX Runtime gets PReLU decomposed (see `rewrites.DecomposedPReLU`).
+    `float_head` keeps an int8 model's embedding head after its global depthwise conv in float32."""
     if runtime not in RUNTIME_SUFFIX:
         raise EdgefrError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIME_SUFFIX)}")
     if dtype == "int8" and calibration is None:
         calibration = latency_calibration_batches(tuple(example.shape))
     if runtime == "onnxruntime":
-        return export_onnx(decompose_prelu(model), example, path, quantize=dtype, calibration=calibration)
-    return export_tflite(model, example, path, quantize=dtype, calibration=calibration)
+        return export_onnx(decompose_prelu(model), example, path, quantize=dtype, calibration=calibration,
+                           float_head=float_head)
+    return export_tflite(model, example, path, quantize=dtype, calibration=calibration, float_head=float_head)

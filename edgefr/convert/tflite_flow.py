@@ -21,9 +21,30 @@ def _channel_last(model: torch.nn.Module, example: torch.Tensor):
     return wrapped, example.permute(0, 2, 3, 1).contiguous()
 
 
+# The embedding head after the global depthwise conv (FaceNet module names): what `float_head` keeps float.
+FLOAT_HEAD_MODULES = ("head.gdconv", "head.linear", "head.bn")
+
+
+def _keep_float(graph_module: torch.fx.GraphModule, modules: tuple[str, ...]) -> None:
+    """Mark the ops of `modules` as already annotated (with nothing), so the PT2E quantizer leaves them float."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    def inside(node) -> bool:
+        paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+        return any(path == m or path.endswith("." + m) or ("." + m + ".") in path or path.startswith(m + ".")
+                   for path in paths for m in modules)
+
+    marked = [node for node in graph_module.graph.nodes if node.op == "call_function" and inside(node)]
+    if not marked:
+        raise EdgefrError(f"no ops of {', '.join(modules)} found to keep float")
+    for node in marked:
+        node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+
+
 def export_tflite(model: torch.nn.Module, example: torch.Tensor, path: str | Path, *, quantize: str = "fp32",
-                  calibration: Iterable[np.ndarray] | None = None) -> Path:
-    """Write `model` (NCHW in PyTorch) as a TFLite flatbuffer with NHWC input; int8 needs `calibration`."""
+                  calibration: Iterable[np.ndarray] | None = None, float_head: bool = False) -> Path:
+    """Write `model` (NCHW in PyTorch) as a TFLite flatbuffer with NHWC input; int8 needs `calibration`;
+    `float_head` keeps the embedding head after the global depthwise conv in float32 there."""
     import litert_torch
     from litert_torch.quantize import pt2e_quantizer, quant_config
 
@@ -41,7 +62,10 @@ def export_tflite(model: torch.nn.Module, example: torch.Tensor, path: str | Pat
 
                 quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                     pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-                prepared = quantize_pt2e.prepare_pt2e(torch.export.export(wrapped, (example_nhwc,)).module(), quantizer)
+                graph_module = torch.export.export(wrapped, (example_nhwc,)).module()
+                if float_head:
+                    _keep_float(graph_module, FLOAT_HEAD_MODULES)
+                prepared = quantize_pt2e.prepare_pt2e(graph_module, quantizer)
                 with torch.no_grad():
                     for batch in calibration:
                         prepared(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 2, 3, 1))
@@ -51,7 +75,8 @@ def export_tflite(model: torch.nn.Module, example: torch.Tensor, path: str | Pat
         except EdgefrError:
             raise
         except Exception as exc:
-            raise EdgefrError(f"TFLite conversion of {type(model).__name__} failed: {str(exc).splitlines()[0]}") from None
+            raise EdgefrError(f"TFLite conversion of {type(model).__name__} failed: "
+                              f"{str(exc).splitlines()[0]}") from None
         tmp = path.with_name(path.name + ".tmp")
         edge_model.export(str(tmp))
     tmp.replace(path)

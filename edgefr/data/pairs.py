@@ -118,7 +118,8 @@ def sample_imagefolder_pairs(root: str | Path, n_pairs: int = 3000, seed: int = 
     same_pairs, different_pairs = draw(True), draw(False)
     per_fold = half // folds
     ordered = [pair for k in range(folds)
-               for pair in same_pairs[k * per_fold:(k + 1) * per_fold] + different_pairs[k * per_fold:(k + 1) * per_fold]]
+               for pair in (same_pairs[k * per_fold:(k + 1) * per_fold]
+                            + different_pairs[k * per_fold:(k + 1) * per_fold])]
     same = np.tile(np.repeat([True, False], per_fold), folds)
     return PairSet([a for a, _ in ordered], [b for _, b in ordered], same,
                    np.repeat(np.arange(folds), 2 * per_fold), name=f"imagefolder:{root}:seed{seed}")

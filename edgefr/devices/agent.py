@@ -10,7 +10,8 @@ block); models whose passes disagree by more than `agree_tolerance` are measured
 the value is the `statistic` over trials and over passes. The default statistic is the minimum: interference from
 other work (shared caches, memory bandwidth, SMT siblings) only ever adds time, so on a shared host the fastest
 trial is the best estimate of the undisturbed cost; measured here under load 5-9 on 2 cores, the median of
-passes disagreed by 22% (median over blocks) while a quiet machine gave under 1%. Metric `thread_cpu` (the calling thread's CPU time) is what makes this usable
+passes disagreed by 22% (median over blocks) while a quiet machine gave under 1%. Metric `thread_cpu` (the
+calling thread's CPU time) is what makes this usable
 on a shared host: with one intra-op thread both runtimes compute on the calling thread, and time spent preempted by
 other work is not counted. Dedicated boards use `wall`.
 
@@ -83,7 +84,8 @@ def _tflite_runner(path: str, threads: int):
     interpreter = Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], np.random.default_rng(0).standard_normal(detail["shape"]).astype(detail["dtype"]))
+    interpreter.set_tensor(detail["index"],
+                           np.random.default_rng(0).standard_normal(detail["shape"]).astype(detail["dtype"]))
     return interpreter.invoke
 
 

@@ -10,6 +10,7 @@ from edgefr.distill.multistep import checkpoint_for_epoch, teacher_checkpoints
 
 __all__ = [
     "DistillResult", "EmbeddingMimic", "KD_METHODS", "MARGIN_HEADS", "METHOD_NAMES", "MarginSoftmax", "ModuleEmbedder",
-    "NeuronRegression", "NeuronSelection", "Objective", "SHORT_RUN_RECIPE", "TrainConfig", "checkpoint_for_epoch", "distill",
+    "NeuronRegression", "NeuronSelection", "Objective", "SHORT_RUN_RECIPE", "TrainConfig", "checkpoint_for_epoch",
+    "distill",
     "fisher_scores", "parse_methods", "select_neurons", "teacher_checkpoints",
 ]

@@ -53,7 +53,8 @@ def split_dataset(labels: np.ndarray, val_fraction: float, seed: int, max_images
             break
         kept.append(int(label))
         total += len(members)
-        held = max(2, round(val_fraction * len(members))) if val_fraction and len(members) >= MIN_IMAGES_TO_HOLD_OUT else 0
+        held = (max(2, round(val_fraction * len(members)))
+                if val_fraction and len(members) >= MIN_IMAGES_TO_HOLD_OUT else 0)
         members = rng.permutation(members)
         val.extend(members[:held])
         train.extend(members[held:])

@@ -18,7 +18,9 @@ bfloat16 is not supported).
 
 from __future__ import annotations
 
+import copy
 import csv
+import itertools
 import math
 import os
 import random
@@ -34,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from edgefr.distill.data import AugmentedView, Split, dataset_labels, sample_seed, split_dataset, validation_pairs
-from edgefr.distill.embedder import ModuleEmbedder, to_model_input
+from edgefr.distill.embedder import FAST_LAYOUT, ModuleEmbedder, to_model_input
 from edgefr.distill.losses import Objective, needs_teacher, parse_methods, select_neurons
 from edgefr.distill.multistep import EPOCH_DIR, checkpoint_for_epoch, epoch_checkpoint_name, teacher_checkpoints
 from edgefr.errors import EdgefrError
@@ -74,6 +76,10 @@ class TrainConfig:
     neuron_max_correlation: float = 0.5
     augment: bool = True
     workers: int = 0  # DataLoader processes; 0 decodes in the training process (enough for a CPU student)
+    # A time box for the training steps (validation and teacher embeddings excluded): a few probe steps time the
+    # student on this machine and the run trains for at most as many steps as fit, with the LR schedule spanning
+    # them. The step count is decided once and kept in `last.pt`, so a resumed run follows the same schedule.
+    time_budget_s: float | None = None
 
 
 @dataclass
@@ -193,12 +199,28 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
 # --- the loop -----------------------------------------------------------------------------------------------
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    # At most half the run warms up: a one-epoch (or time-boxed) run still anneals.
+    warmup_steps = min(warmup_steps, total_steps // 2)
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
+
+
+# Steps that size a time-boxed run: the first ones build oneDNN kernels and caches (measured 4.3 s/step against
+# 2.6 for the epoch's mean), so some run untimed; interference only adds time, so the fastest timed step counts.
+PROBE_WARMUP_STEPS, PROBE_STEPS = 2, 3
+
+
+def planned_steps(config: TrainConfig, steps_per_epoch: int, seconds_per_step: float | None) -> int:
+    """Optimizer steps of the run: all epochs, or as many as fit `time_budget_s` at the probed step time."""
+    steps = config.epochs * steps_per_epoch
+    if config.time_budget_s is None or seconds_per_step is None:
+        return steps
+    return max(1, min(steps, int(config.time_budget_s / seconds_per_step)))
 
 
 def validate(student: FaceNet, pairs) -> float:
@@ -290,6 +312,7 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
                           config.mimic_weight, config.neuron_weight,
                           margin_weight=config.margin_weight).to(runtime.device)
     objective.student.train()
+    model.to(memory_format=FAST_LAYOUT)  # restored before returning
 
     view = AugmentedView(dataset, split.train, split.class_of_label, config.seed,
                          augmentation_factory(config.augment))
@@ -303,76 +326,116 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
     if steps_per_epoch == 0:
         raise EdgefrError(f"{len(split.train)} training images are fewer than one batch per process "
                           f"({config.batch_size} x {runtime.world}); lower --batch-size or raise --max-images")
-    trainable = [p for p in objective.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    elif config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    else:
+
+    def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
+        if config.optimizer == "adamw":
+            return torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         raise EdgefrError(f"--optimizer {config.optimizer!r}: expected sgd or adamw")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch))
+
+    optimizer = make_optimizer(objective)
     use_cuda = runtime.device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and amp_dtype == torch.float16)
     val_pairs = validation_pairs(dataset, labels, split.val, config.seed)
 
+    def train_step(trainer: nn.Module, optimizer: torch.optim.Optimizer, scaler, batch, table_index, step: int):
+        images, targets_class, indices, flipped = batch
+        targets = None
+        if teachers and config.online_teacher:
+            targets = torch.from_numpy(teachers[table_index].embed(images.permute(0, 2, 3, 1).numpy()))
+        elif teachers:
+            targets = tables[table_index][flipped.long(), indices]
+        images = to_model_input(images.to(runtime.device, non_blocking=True), model.preprocessing)
+        with torch.autocast(runtime.device.type, dtype=amp_dtype, enabled=use_cuda):
+            loss, parts = trainer(images, targets_class.to(runtime.device),
+                                  None if targets is None else targets.to(runtime.device))
+        if not torch.isfinite(loss):
+            raise EdgefrError(f"loss became {loss.item()} at step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return len(images), {"loss": loss, **parts}
+
+    def probe_seconds_per_step() -> float:
+        """Wall time of a training step (data loading included) on a throw-away copy of the objective."""
+        saved_rng = rng_state()
+        probe = copy.deepcopy(objective)
+        probe_optimizer = make_optimizer(probe)
+        probe_scaler = torch.amp.GradScaler("cuda", enabled=scaler.is_enabled())
+        batches = iter(loader)
+        times = []
+        for _ in range(min(PROBE_WARMUP_STEPS + PROBE_STEPS, steps_per_epoch)):
+            started = time.perf_counter()
+            train_step(probe, probe_optimizer, probe_scaler, next(batches), 0 if teachers else None, 0)
+            times.append(time.perf_counter() - started)
+        set_rng_state(saved_rng)
+        seconds = torch.tensor(min(times[PROBE_WARMUP_STEPS:] or times))
+        if runtime.world > 1:  # every rank must plan the same number of steps
+            dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        return float(seconds)
+
     start_epoch, step, history = 0, 0, []
+    resume_state = None
     if resume:
         payload = read_checkpoint(last_path)
-        state = payload.get("train_state") or {}
-        if state.get("format") != TRAIN_STATE_FORMAT:
+        resume_state = payload.get("train_state") or {}
+        if resume_state.get("format") != TRAIN_STATE_FORMAT:
             raise EdgefrError(f"{last_path}: carries no training state to resume from")
-        if state["config"] != asdict(config) | {"methods": list(config.methods)}:
-            raise EdgefrError(f"{last_path}: was written with other settings ({state['config']}); resume with "
-                              "the same options or start a new --out")
+        if resume_state["config"] != asdict(config) | {"methods": list(config.methods)}:
+            raise EdgefrError(f"{last_path}: was written with other settings ({resume_state['config']}); resume "
+                              "with the same options or start a new --out")
+        total_steps = resume_state.get("total_steps", config.epochs * steps_per_epoch)
+        seconds_per_step = resume_state.get("probed_seconds_per_step")
+    else:
+        seconds_per_step = probe_seconds_per_step() if config.time_budget_s is not None else None
+        total_steps = planned_steps(config, steps_per_epoch, seconds_per_step)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        round(config.warmup_epochs * steps_per_epoch), total_steps))
+    if resume_state is not None:
         model.load_state_dict(payload["state_dict"])
-        objective.load_state_dict(state["heads"], strict=False)  # the student's keys came from state_dict
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch, step, history = state["epoch"] + 1, state["step"], list(state["history"])
+        objective.load_state_dict(resume_state["heads"], strict=False)  # the student's keys came from state_dict
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        set_rng_state(resume_state["rng"])
+        start_epoch, step, history = resume_state["epoch"] + 1, resume_state["step"], list(resume_state["history"])
+    elif seconds_per_step is not None and progress and runtime.writes:
+        print(f"time box {config.time_budget_s:.0f} s at {seconds_per_step:.2f} s/step: {total_steps} of "
+              f"{config.epochs * steps_per_epoch} steps")
 
     trainer = nn.parallel.DistributedDataParallel(objective) if runtime.world > 1 else objective
     best_accuracy = max((row["val_accuracy"] for row in history if not math.isnan(row["val_accuracy"])),
                         default=-math.inf)
-    for epoch in range(start_epoch, config.epochs):
-        table_index = checkpoint_for_epoch(epoch, config.epochs, len(teachers)) if teachers else None
+    for epoch in range(start_epoch, epochs):
+        table_index = checkpoint_for_epoch(epoch, epochs, len(teachers)) if teachers else None
         sampler.set_epoch(epoch)
         view.set_epoch(epoch)
         loader_seed.manual_seed(sample_seed(config.seed, epoch))
         objective.student.train()
+        epoch_steps = min(steps_per_epoch, total_steps - step)
         started, seen, totals = time.perf_counter(), 0, {}
         bar = None
         if progress and runtime.writes:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+            bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                        dynamic_ncols=True, leave=False)
-        for images, targets_class, indices, flipped in loader:
-            targets = None
-            if teachers and config.online_teacher:
-                targets = torch.from_numpy(teachers[table_index].embed(images.permute(0, 2, 3, 1).numpy()))
-            elif teachers:
-                targets = tables[table_index][flipped.long(), indices]
-            images = to_model_input(images.to(runtime.device, non_blocking=True), model.preprocessing)
-            with torch.autocast(runtime.device.type, dtype=amp_dtype, enabled=use_cuda):
-                loss, parts = trainer(images, targets_class.to(runtime.device),
-                                      None if targets is None else targets.to(runtime.device))
-            if not torch.isfinite(loss):
-                raise EdgefrError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        for batch in itertools.islice(loader, epoch_steps):
+            count, parts = train_step(trainer, optimizer, scaler, batch, table_index, step)
             scheduler.step()
             step += 1
-            seen += len(images) * runtime.world
-            for name, value in {"loss": loss, **parts}.items():
+            seen += count * runtime.world
+            for name, value in parts.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach())
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+                bar.set_postfix(loss=f"{parts['loss'].item():.3f}",
+                                img_s=f"{seen / (time.perf_counter() - started):.0f}")
                 bar.update()
         if bar is not None:
             bar.close()
@@ -382,7 +445,7 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
             continue
         accuracy = validate(model, val_pairs)
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               **{name: total / steps_per_epoch for name, total in totals.items()},
+               **{name: total / epoch_steps for name, total in totals.items()},
                "val_accuracy": accuracy, "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1)}
         if teachers and "multistep" in config.methods:
             row["teacher_checkpoint"] = table_index + 1
@@ -398,11 +461,13 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
             "format": TRAIN_STATE_FORMAT, "config": asdict(config) | {"methods": list(config.methods)},
             "heads": head_state(objective), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-            "epoch": epoch, "step": step, "history": history})
+            "epoch": epoch, "step": step, "history": history, "total_steps": total_steps,
+            "probed_seconds_per_step": seconds_per_step})
         write_metrics_csv(metrics_path, history)
         if on_epoch_end is not None:
             on_epoch_end(row)
     runtime.barrier()
+    model.to(memory_format=torch.contiguous_format)
     best_model = None
     if runtime.writes:
         from edgefr.space import load_student

@@ -36,10 +36,15 @@ LAYOUT = {"onnx": "NCHW", "tflite": "NHWC", "coreml": "NCHW"}
 class ExportTarget:
     format: str
     quantize: str
+    float_head: bool = False  # int8 with the embedding head after the global depthwise conv kept float32
+
+    @property
+    def variant(self) -> str:
+        return self.quantize + ("-float-head" if self.float_head else "")
 
     @property
     def label(self) -> str:
-        return f"{self.format}-{self.quantize}"
+        return f"{self.format}-{self.variant}"
 
     @property
     def profiled_dtype(self) -> str | None:
@@ -47,13 +52,15 @@ class ExportTarget:
         return self.quantize if self.quantize in ("fp32", "int8") and self.format in RUNTIME else None
 
 
-def check_target(fmt: str, quantize: str) -> ExportTarget:
+def check_target(fmt: str, quantize: str, float_head: bool = False) -> ExportTarget:
+    if float_head and (quantize != "int8" or fmt not in RUNTIME):
+        raise EdgefrError(f"--float-head applies to --quantize int8 of onnx and tflite, not {fmt} {quantize}")
     if fmt not in FORMATS:
         raise EdgefrError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)} or all")
     if quantize not in QUANTIZATIONS[fmt]:
         raise EdgefrError(f"--format {fmt} does not support --quantize {quantize}; expected one of "
                           f"{', '.join(QUANTIZATIONS[fmt])}")
-    return ExportTarget(fmt, quantize)
+    return ExportTarget(fmt, quantize, float_head)
 
 
 def exported_metadata(model, target: ExportTarget) -> dict[str, str]:
@@ -65,7 +72,7 @@ def exported_metadata(model, target: ExportTarget) -> dict[str, str]:
     # Kept short: ai-edge-quantizer moves buffers of 1 KiB and more out of line (offset/size), which
     # edgefr.verify.read_tflite_metadata does not read yet. The arch JSON is in the export report.
     description = {"schema": EXPORTED_MODEL_SCHEMA, "format": target.format, "quantize": target.quantize,
-                   "input_shape": shape, "embedding_dim": model.embedding_dim, "arch": model.arch.name}
+                   "float_head": target.float_head, "input_shape": shape, "embedding_dim": model.embedding_dim, "arch": model.arch.name}
     return {PREPROCESSING_KEY: json.dumps(preprocessing), MODEL_KEY: json.dumps(description)}
 
 
@@ -100,8 +107,10 @@ def write_artifact(model, target: ExportTarget, path: Path, calibration: list[np
         else:
             runtime = RUNTIME[target.format]
             flow_dtype = "int8" if target.quantize == "int8" else "fp32"
-            flow_file = convert_for_runtime(model, example, runtime, flow_dtype, Path(tmp) / f"flow{SUFFIX[target.format]}",
-                                            calibration if flow_dtype == "int8" else None)
+            flow_file = convert_for_runtime(model, example, runtime, flow_dtype,
+                                            Path(tmp) / f"flow{SUFFIX[target.format]}",
+                                            calibration if flow_dtype == "int8" else None,
+                                            float_head=target.float_head)
             # Metadata before weight compression: ai-edge-quantizer keeps it, while re-packing its output
             # (set_tflite_metadata) breaks the offset-addressed buffers it writes.
             if target.format == "onnx":

@@ -17,6 +17,9 @@ ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for fmt in FORMATS for q in QUANTIZATI
 @click.option("--format", "fmt", default="tflite", show_default=True, help=f"{', '.join(FORMATS)} or all.")
 @click.option("--quantize", default="fp32", show_default=True,
               help=f"{', '.join(ALL_QUANTIZATIONS)} (see export/<format>.toml for which format has which).")
+@click.option("--float-head", is_flag=True,
+              help="With --quantize int8 (onnx, tflite): keep the embedding head after the global depthwise conv "
+                   "in float32.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Aligned faces for int8 calibration [../shared/faces/celeba].")
 @click.option("--calib-images", default=200, show_default=True, help="Calibration faces (spread over the folder).")
@@ -32,7 +35,7 @@ ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for fmt in FORMATS for q in QUANTIZATI
               help="Folder of <format>.toml tolerance recipes [export/].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("export/out"),
               show_default=True, help="Folder for the model file(s) and export_report.{json,md}.")
-def export_command(model_spec, fmt, quantize, calib, calib_images, device_spec, faces, agreement_faces, pairs,
+def export_command(model_spec, fmt, quantize, float_head, calib, calib_images, device_spec, faces, agreement_faces, pairs,
                    pairs_limit, recipes, out) -> None:
     """Quantize and export a model, then check the exported file itself.
 
@@ -50,11 +53,12 @@ def export_command(model_spec, fmt, quantize, calib, calib_images, device_spec, 
     if fmt == "all":
         formats = [f for f in FORMATS if quantize in QUANTIZATIONS[f]]
         if not formats:
-            raise EdgefrError(f"no format supports --quantize {quantize}; expected one of {', '.join(ALL_QUANTIZATIONS)}")
+            raise EdgefrError(f"no format supports --quantize {quantize}; "
+                              f"expected one of {', '.join(ALL_QUANTIZATIONS)}")
         skipped = [f"{f}: no {quantize} flow" for f in FORMATS if f not in formats]
     else:
         formats, skipped = [fmt], []
-    targets = [check_target(f, quantize) for f in formats]
+    targets = [check_target(f, quantize, float_head) for f in formats]
     options = ExportOptions(model=model_spec, targets=targets, out=out, calib=calib, calib_images=calib_images,
                             faces=faces, agreement_faces=agreement_faces, pairs=pairs, pairs_limit=pairs_limit,
                             device=device_spec, recipes=recipes, skipped=skipped)

@@ -173,10 +173,11 @@ def _export_one(model, arch, target: ExportTarget, options: ExportOptions, refer
     from edgefr.verify import verify_pairs
 
     tolerances = load_tolerances(target.format, target.quantize, recipe_path(target.format, options.recipes))
-    path = options.out / f"{options.stem}-{target.quantize}{SUFFIX[target.format]}"
+    path = options.out / f"{options.stem}-{target.variant}{SUFFIX[target.format]}"
     log(f"{target.label}: writing {path} ...")
     write_artifact(model, target, path, calibration)
-    entry = {"format": target.format, "quantize": target.quantize, "file": str(path), "bytes": artifact_bytes(path),
+    entry = {"format": target.format, "quantize": target.quantize, "float_head": target.float_head,
+             "file": str(path), "bytes": artifact_bytes(path),
              "sha256": file_sha256(path) if path.is_file() else None, "recipe": tolerances.source,
              "metadata": exported_metadata(model, target)}
     graph = graph_summary(path, target.format, target.quantize)

@@ -45,7 +45,8 @@ def markdown(report: dict) -> str:
         graph = entry["graph"]
         lines += ["", f"## {entry['format']} {entry['quantize']}: `{entry['file']}`", "",
                   f"- recipe: {entry['recipe']}",
-                  f"- device: {entry['device']['name'] if entry['device'] else '-'}; latency: {entry['latency']['note']}",
+                  f"- device: {entry['device']['name'] if entry['device'] else '-'}; "
+                  f"latency: {entry['latency']['note']}",
                   f"- ops: {', '.join(f'{k} x{v}' for k, v in sorted(graph['ops'].items()))}"]
         if graph["float_ops"]:
             lines.append(f"- float ops in the int8 graph: {graph['float_ops']}")
@@ -54,7 +55,8 @@ def markdown(report: dict) -> str:
         lines += [f"- {note}" for note in graph["notes"]]
         for check in entry["checks"]:
             verdict = {True: "pass", False: "**FAIL**", None: "not checked"}[check["passed"]]
-            limit = "" if check["limit"] is None else f" ({'>=' if check['bound'] == 'min' else '<='} {check['limit']:g})"
+            limit = ("" if check["limit"] is None
+                     else f" ({'>=' if check['bound'] == 'min' else '<='} {check['limit']:g})")
             lines.append(f"- {check['name']}: {_fmt(check['value'], '.5g', check['unit'])}{limit} {verdict}"
                          + (f"; {check['note']}" if check["note"] else ""))
         lines += [f"- warning: {warning}" for warning in entry["warnings"]]

@@ -28,5 +28,6 @@ def fit_calibration(nets: list[dict]) -> dict:
     predicted = design @ coef
     errors = (predicted - measured) / measured
     return {"scale": scale, "offset_ms": float(coef[-1]),
-            "fit": {"nets": len(nets), "mape": float(np.mean(np.abs(errors))), "max_abs_error": float(np.max(np.abs(errors)))},
+            "fit": {"nets": len(nets), "mape": float(np.mean(np.abs(errors))),
+                    "max_abs_error": float(np.max(np.abs(errors)))},
             "nets": [{**n, "predicted_ms": float(p)} for n, p in zip(nets, predicted)]}

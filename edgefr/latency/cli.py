@@ -54,7 +54,8 @@ def profile_command(device_spec, runtime, dtype, archs, limit, calibration_nets,
 @click.option("--device", "device_spec", required=True, help=DEVICE_HELP)
 @click.option("--runtime", type=click.Choice(["onnxruntime", "tflite"]), help="Runtime for ssh:// and adb: targets.")
 @click.option("--dtype", type=click.Choice(["fp32", "int8"]), help="Model dtype for ssh:// and adb: targets.")
-@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), help="Latency table [latency_tables/DEVICE.json].")
+@click.option("--table", type=click.Path(dir_okay=False, path_type=Path),
+              help="Latency table [latency_tables/DEVICE.json].")
 @click.option("--measure", is_flag=True, help="Also convert the whole net, measure it on the device, print the error.")
 def latency_command(arch_spec, device_spec, runtime, dtype, table, measure) -> None:
     """Predict an architecture's latency on a device (per-block breakdown); --measure compares with a real run."""

@@ -87,13 +87,16 @@ def load_table(path: str | Path) -> LatencyTable:
             if not isinstance(entry.get("ms"), (int, float)) or entry["ms"] <= 0:
                 raise EdgefrError(f"{path}: entry {key} has no positive 'ms' value")
         return LatencyTable(device=dict(data["device"]), space=data["space"], protocol=data.get("protocol", {}),
-                            entries=entries, calibration=data.get("calibration"), contexts=data.get("contexts", {}), converter=data.get("converter", {}),
+                            entries=entries, calibration=data.get("calibration"), contexts=data.get("contexts", {}),
+                            converter=data.get("converter", {}),
                             created=data.get("created", ""), path=path)
     except (KeyError, AttributeError, TypeError) as exc:
-        raise EdgefrError(f"{path}: malformed latency table (missing or wrong field {exc}); re-run edgefr profile") from None
+        raise EdgefrError(f"{path}: malformed latency table (missing or wrong field {exc}); "
+                          "re-run edgefr profile") from None
 
 
-def check_table_matches(table: LatencyTable, device, runtime_version: str | None = None, cpu: str | None = None) -> None:
+def check_table_matches(table: LatencyTable, device, runtime_version: str | None = None,
+                        cpu: str | None = None) -> None:
     """A table measured elsewhere is an error, never a silent wrong prediction."""
     recorded = table.device
     for key in ("name", "runtime", "dtype", "threads", "metric", "transport"):

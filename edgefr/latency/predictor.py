@@ -85,7 +85,8 @@ class ArchProbabilities:
             layers.append(torch.stack(rows))
         return cls(stem_act=hot(len(space.stem_acts), space.stem_acts.index(arch.stem_act)),
                    widths=[hot(len(s.widths), s.widths.index(a.width)) for a, s in zip(arch.stages, space.stages)],
-                   depths=[hot(len(s.depths), s.depths.index(len(a.layers))) for a, s in zip(arch.stages, space.stages)],
+                   depths=[hot(len(s.depths), s.depths.index(len(a.layers)))
+                           for a, s in zip(arch.stages, space.stages)],
                    layers=layers,
                    head_act=hot(len(space.head_acts), space.head_acts.index(arch.head_act)))
 

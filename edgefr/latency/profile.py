@@ -105,7 +105,8 @@ def _entry(spec: BlockSpec, measured: dict, contexts: dict[str, dict]) -> dict:
 
 
 def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,
-                   calibration_nets: int = DEFAULT_CALIBRATION_NETS, embedding: int = 128, seed: int = 0, chunk_size: int = 64,
+                   calibration_nets: int = DEFAULT_CALIBRATION_NETS, embedding: int = 128, seed: int = 0,
+                   chunk_size: int = 64,
                    fresh: bool = False, log=print) -> LatencyTable:
     specs = blocks if blocks is not None else space.all_block_specs()
     partial = out.with_name(out.stem + ".partial.json")

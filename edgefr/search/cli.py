@@ -39,13 +39,16 @@ def ensure_table(device_name: str, log) -> None:
 @click.option("--warmup-steps", default=60, show_default=True, help="Steps training weights before the arch.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--distill-epochs", default=2, show_default=True, help="Epochs distilling the searched student.")
+@click.option("--distill-minutes", default=12.0, show_default=True, type=click.FloatRange(min=0),
+              help="Time box for those epochs' training steps on this machine (0: none); the LR schedule spans the "
+                   "steps that fit.")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
 @click.option("--max-images", type=int, help="Use at most this many training images (whole identities).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs, embedding,
-                   max_images, seed, no_train, resume) -> None:
+def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs,
+                   distill_minutes, embedding, max_images, seed, no_train, resume) -> None:
     """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
 
     \b
@@ -65,7 +68,7 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
                           seed=seed, max_images=max_images,
                           checkpoint_every=max(1, min(20, steps // 4)))  # at least 4 checkpoints per search
     summary = run_pipeline(config, teacher, data, out, train=not no_train, distill_epochs=distill_epochs,
-                           resume=resume, log=click.echo)
+                           distill_minutes=distill_minutes or None, resume=resume, log=click.echo)
     for b in summary["budgets"]:
         click.echo(f"{b['device']}: budget {b['budget_ms']:g} ms, predicted {b['predicted_ms']:.2f} ms, measured "
                    f"{b['measured_ms']:.2f} ms ({b['measured_over_budget']:.2f} x budget)")

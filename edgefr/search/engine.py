@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from edgefr.devices import resolve_device
 from edgefr.distill.data import AugmentedView, dataset_labels, sample_seed, split_dataset
-from edgefr.distill.embedder import to_model_input
+from edgefr.distill.embedder import FAST_LAYOUT, to_model_input
 from edgefr.distill.engine import augmentation_factory, class_centres, load_faces, resolve_teacher, teacher_targets
 from edgefr.distill.losses import Objective, parse_methods
 from edgefr.errors import EdgefrError
@@ -142,7 +142,7 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
     teacher_model = resolve_teacher(teacher)
     targets = teacher_targets(teacher_model, dataset)
     centres = class_centres(teacher_model, targets, labels, split) if "proxyless" in methods else None
-    supernet = SuperNet(space, config.embedding)
+    supernet = SuperNet(space, config.embedding).to(memory_format=FAST_LAYOUT)
     path = SampledPath(supernet)
     objective = Objective(path, methods, split.num_classes, teacher_model.embedding_dim, centres)
     weights = [p for n, p in objective.named_parameters() if ".alpha." not in n and p.requires_grad]

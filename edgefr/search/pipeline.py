@@ -109,7 +109,9 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
 
 
 def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool = True, distill_epochs: int = 2,
-                 resume: bool = False, log=print) -> dict:
+                 distill_minutes: float | None = None, resume: bool = False, log=print) -> dict:
+    """The whole job. distill_minutes: a time box for the distillation's training steps on this machine (at most
+    `distill_epochs` epochs); the searched student's training speed is not known before it is searched."""
     out.mkdir(parents=True, exist_ok=True)
     arch_path, measured_path = out / "arch.json", out / "measured.json"
     supernet, state, budgets, _, devices = run_search(config, teacher, data, out, resume=resume, log=log)
@@ -151,12 +153,14 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         student_dir = out / "distill"
         outcome = distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
                           resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
-                          max_images=config.max_images, **SHORT_RUN_RECIPE)
+                          max_images=config.max_images, time_budget_s=distill_minutes and 60 * distill_minutes,
+                          **SHORT_RUN_RECIPE)
         from edgefr.space import save_student
 
         save_student(out / "student.pt", outcome.student, metrics=outcome.best, arch_file=str(arch_path))
         summary["student"] = str(out / "student.pt")
-        summary["training"] = {"epochs": distill_epochs, "recipe": SHORT_RUN_RECIPE, "history": outcome.history}
+        summary["training"] = {"epochs": distill_epochs, "time_box_minutes": distill_minutes,
+                               "recipe": SHORT_RUN_RECIPE, "history": outcome.history}
         summary["accuracy"] = evaluate_student(outcome.student)
     from edgefr.search.report import write_report
 

@@ -37,6 +37,8 @@ def _markdown(summary: dict) -> str:
         for name, result in summary["accuracy"].items():
             lines.append(f"| {name} | {100 * result['accuracy']:.2f} | {100 * result['accuracy_std']:.2f} |")
         lines.append("")
+    if "training" in summary:
+        lines += _training_lines(summary["training"])
     lines += ["## Fitting and measurement", ""]
     lines += ["| round | moves from the round's start | predicted ms | measured ms | measured / budget |",
               "|---|---|---|---|---|"]
@@ -46,6 +48,16 @@ def _markdown(summary: dict) -> str:
                          f"{_per_device(c['measured_ms'])} | {c['measured_over_budget']:.3f} |")
     lines += ["", "![trajectories](report.png)", ""]
     return "\n".join(lines)
+
+
+def _training_lines(training: dict) -> list[str]:
+    history = training["history"]
+    steps, seconds = history[-1]["step"], sum(row["seconds"] for row in history)
+    box = training.get("time_box_minutes")
+    return ["## Distillation", "",
+            f"{steps} steps in {len(history)} epoch(s), {seconds / 60:.1f} min, "
+            f"{history[-1]['images_per_s']:.1f} images/s; at most {training['epochs']} epochs"
+            + (f" within a {box:g}-minute time box" if box else "") + f"; recipe `{training['recipe']}`.", ""]
 
 
 def _window_note(budget: dict) -> str:

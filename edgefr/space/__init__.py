@@ -9,7 +9,8 @@ from edgefr.space.registry import create_model, list_models, register_model, res
 from edgefr.space.searchspace import MFN_SPACE, SearchSpace, StageSpace, get_space
 
 __all__ = [
-    "ARCH_SCHEMA", "ACTIVATIONS", "CHECKPOINT_FORMAT", "load_student", "read_checkpoint", "save_student", "Arch", "BlockSpec", "FaceNet", "LayerChoice", "MFN_SPACE", "STUDENT_PREPROCESSING",
+    "ARCH_SCHEMA", "ACTIVATIONS", "CHECKPOINT_FORMAT", "load_student", "read_checkpoint", "save_student", "Arch",
+    "BlockSpec", "FaceNet", "LayerChoice", "MFN_SPACE", "STUDENT_PREPROCESSING",
     "SearchSpace", "Stage", "StageSpace", "arch_from_dict", "count_flops", "count_params", "create_model",
     "get_space", "list_models", "load_arch_file", "register_model", "resolve_arch", "scaled_mobilefacenet",
 ]

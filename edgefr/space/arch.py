@@ -76,7 +76,8 @@ class Arch:
                 res = specs[-1].out_res
                 cin = stage.width
             if index > 0 and not stage.layers:
-                raise EdgefrError(f"arch {self.name!r}: stage {index} has no layers; stages after the first need at least one")
+                raise EdgefrError(f"arch {self.name!r}: stage {index} has no layers; "
+                                  "stages after the first need at least one")
         specs.append(BlockSpec("head", res, cin, self.embedding, kernel=res, act=self.head_act, hidden=self.head_width))
         return specs
 

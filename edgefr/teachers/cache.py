@@ -33,7 +33,8 @@ def embeddings_cache_path(teacher: Teacher, dataset, view: str = "center", cache
     return folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', teacher.name)}-{view}-{digest}.npy"
 
 
-def cached_embeddings(teacher: Teacher, dataset, view: str = "center", cache_dir: str | Path | None = None) -> np.ndarray:
+def cached_embeddings(teacher: Teacher, dataset, view: str = "center",
+                      cache_dir: str | Path | None = None) -> np.ndarray:
     """float32 [len(dataset), D]: row i is the teacher's raw embedding of sample i (mirrored for view="flip").
 
     `dataset` is an ImageFolderFaces or RecordIOFaces; its transform is ignored (the cache holds the clean
