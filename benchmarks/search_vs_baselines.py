@@ -52,7 +52,7 @@ def row(label: str, arch, measured_ms: float, accuracy: dict, seconds: float) ->
 @click.option("--kd", default="proxyless,mimic", help="KD objective guiding the search.")
 @click.option("--steps", default=300, help="Search steps.")
 @click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
-@click.option("--distill-minutes", default=12.0, help="The distillation time box of `edgefr search` (0: none), both.")
+@click.option("--distill-minutes", default=8.0, help="The distillation time box of `edgefr search` (0: none), both.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
 def main(devices, budgets, teacher, data, kd, steps, epochs, distill_minutes, out) -> None:
     data = data or default_data()

@@ -39,7 +39,7 @@ def ensure_table(device_name: str, log) -> None:
 @click.option("--warmup-steps", default=60, show_default=True, help="Steps training weights before the arch.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--distill-epochs", default=2, show_default=True, help="Epochs distilling the searched student.")
-@click.option("--distill-minutes", default=12.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--distill-minutes", default=8.0, show_default=True, type=click.FloatRange(min=0),
               help="Time box for those epochs' training steps on this machine (0: none); the LR schedule spans the "
                    "steps that fit.")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
