@@ -29,10 +29,9 @@ def _keep_float(graph_module: torch.fx.GraphModule, modules: tuple[str, ...]) ->
     """Mark the ops of `modules` as already annotated (with nothing), so the PT2E quantizer leaves them float."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
-    def inside(node) -> bool:
+    def inside(node) -> bool:  # a module path names `m` as a whole dotted segment run (the wrapper adds a prefix)
         paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
-        return any(path == m or path.endswith("." + m) or ("." + m + ".") in path or path.startswith(m + ".")
-                   for path in paths for m in modules)
+        return any(f".{m}." in f".{path}." for path in paths for m in modules)
 
     marked = [node for node in graph_module.graph.nodes if node.op == "call_function" and inside(node)]
     if not marked:

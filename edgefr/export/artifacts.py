@@ -72,7 +72,8 @@ def exported_metadata(model, target: ExportTarget) -> dict[str, str]:
     # Kept short: ai-edge-quantizer moves buffers of 1 KiB and more out of line (offset/size), which
     # edgefr.verify.read_tflite_metadata does not read yet. The arch JSON is in the export report.
     description = {"schema": EXPORTED_MODEL_SCHEMA, "format": target.format, "quantize": target.quantize,
-                   "float_head": target.float_head, "input_shape": shape, "embedding_dim": model.embedding_dim, "arch": model.arch.name}
+                   "float_head": target.float_head, "input_shape": shape, "embedding_dim": model.embedding_dim,
+                   "arch": model.arch.name}
     return {PREPROCESSING_KEY: json.dumps(preprocessing), MODEL_KEY: json.dumps(description)}
 
 

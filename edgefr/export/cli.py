@@ -35,8 +35,8 @@ ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for fmt in FORMATS for q in QUANTIZATI
               help="Folder of <format>.toml tolerance recipes [export/].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("export/out"),
               show_default=True, help="Folder for the model file(s) and export_report.{json,md}.")
-def export_command(model_spec, fmt, quantize, float_head, calib, calib_images, device_spec, faces, agreement_faces, pairs,
-                   pairs_limit, recipes, out) -> None:
+def export_command(model_spec, fmt, quantize, float_head, calib, calib_images, device_spec, faces, agreement_faces,
+                   pairs, pairs_limit, recipes, out) -> None:
     """Quantize and export a model, then check the exported file itself.
 
     \b

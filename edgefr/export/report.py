@@ -35,7 +35,7 @@ def markdown(report: dict) -> str:
     for entry in report["exports"]:
         latency = entry["latency"]
         verdicts = [c["passed"] for c in entry["checks"] if c["passed"] is not None]
-        lines.append(f"| {entry['format']} {entry['quantize']} | {entry['bytes'] / 1e6:.2f} MB "
+        lines.append(f"| {entry['format']} {_variant(entry)} | {entry['bytes'] / 1e6:.2f} MB "
                      f"| {_fmt(_check(entry, 'mean_cosine').get('value'), '.5f')} "
                      f"| {_fmt(_check(entry, 'min_cosine').get('value'), '.5f')} "
                      f"| {_fmt(_check(entry, 'lfw_drop_pp').get('value'), '+.2f', ' pp')} "
@@ -43,7 +43,7 @@ def markdown(report: dict) -> str:
                      f"| {'FAIL' if entry['failures'] else 'pass'} ({len(verdicts)} checked) |")
     for entry in report["exports"]:
         graph = entry["graph"]
-        lines += ["", f"## {entry['format']} {entry['quantize']}: `{entry['file']}`", "",
+        lines += ["", f"## {entry['format']} {_variant(entry)}: `{entry['file']}`", "",
                   f"- recipe: {entry['recipe']}",
                   f"- device: {entry['device']['name'] if entry['device'] else '-'}; "
                   f"latency: {entry['latency']['note']}",
@@ -73,3 +73,8 @@ def write_report(report: dict, folder: Path) -> None:
         tmp = folder / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, folder / name)
+
+
+def _variant(entry: dict) -> str:
+    """The quantization as exported: `int8 float-head` when the head stayed float32."""
+    return entry["quantize"] + (" float-head" if entry.get("float_head") else "")
