@@ -1,17 +1,25 @@
 """Searched students against MobileFaceNet scaled to the same measured latency, trained alike.
 
-  python benchmarks/search_vs_baselines.py --device host-ort --device host-tflite-int8 --budget 2 --budget 4 --budget 8
+  python benchmarks/search_vs_baselines.py                      # search, train and evaluate on this host
+  python benchmarks/search_vs_baselines.py --train-elsewhere    # search here, write train/train.sh, stop
+  python benchmarks/search_vs_baselines.py --students DIR       # evaluate the students train.sh wrote to DIR
 
-For every device and budget: `edgefr search` (search + fit + measure + distill + evaluate), then the
-width/depth-scaled MobileFaceNet whose measured latency is closest to the searched student's, distilled from the
-same teacher on the same data with the same recipe (`SHORT_RUN_RECIPE`) and epochs, and evaluated the same way.
-Prints one table:
-budget, measured ms, params, MFLOPs, LFW and CelebA-pairs accuracy, wall time.
+For every device:budget run: `edgefr search --no-train` (search + fit + measure), then the width/depth-scaled
+MobileFaceNet whose predicted latency is closest to the searched student's measured one, measured too. Both
+students are then distilled from the same teacher on the same data with the same recipe (`SHORT_RUN_RECIPE`),
+epochs and time box, and evaluated the same way (LFW 10-fold, CelebA pairs). Prints one table: budget,
+measured ms, params, MFLOPs, LFW and CelebA-pairs accuracy, search minutes.
+
+Latency belongs to the device, so searching and measuring happen here; distillation does not, so the bigger
+version (more epochs, no time box) can train on a GPU machine: `--train-elsewhere` writes a self-contained
+folder (the arch JSONs and `train.sh`, one `python -m edgefr distill` per student) to copy there.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import shlex
 import time
 from pathlib import Path
 
@@ -25,9 +33,16 @@ from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
 from edgefr.search.pipeline import evaluate_student
 from edgefr.space import count_flops, count_params, create_model, scaled_mobilefacenet
+from edgefr.space.checkpoint import load_student
 
 WIDTHS = (0.5, 0.75, 1.0, 1.25)
-DEPTHS = (0.5, 0.75, 1.0)
+DEPTHS = (0.5, 0.75, 1.0, 1.25)
+# Three budgets per device inside what the scaled baselines can reach (host-ort about 0.5..8 ms predicted,
+# host-tflite-int8 about 0.35..3.6 ms): a comparison needs a baseline at the same latency.
+DEFAULT_RUNS = ("host-ort:2", "host-ort:4", "host-ort:7", "host-tflite-int8:1", "host-tflite-int8:2",
+                "host-tflite-int8:3.5")
+# The `edgefr distill` flag of each SHORT_RUN_RECIPE key, for train.sh.
+RECIPE_FLAGS = {"methods": "--kd", "margin_weight": "--margin-weight", "optimizer": "--optimizer", "lr": "--lr"}
 
 
 def matched_baseline(device, target_ms: float):
@@ -37,51 +52,123 @@ def matched_baseline(device, target_ms: float):
     return min(grid, key=lambda arch: abs(predictor.predict(arch).total_ms - target_ms))
 
 
-def row(label: str, arch, measured_ms: float, accuracy: dict, seconds: float) -> dict:
-    model = create_model(arch)
-    return {"model": label, "measured_ms": measured_ms, "params_m": count_params(model) / 1e6,
+def parse_run(text: str) -> tuple[str, float]:
+    device, _, budget = text.rpartition(":")
+    try:
+        return device, float(budget)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected DEVICE:MILLISECONDS, e.g. host-ort:4") from None
+
+
+def search_and_match(device_name: str, budget: float, config: SearchConfig, teacher, data, run: Path) -> dict:
+    """Search (or resume) one run and pick its baseline; returns the run's plan entry (kept in run/plan.json)."""
+    plan_path = run / "plan.json"
+    if plan_path.is_file():
+        return json.loads(plan_path.read_text())
+    started = time.perf_counter()
+    summary = run_pipeline(config, teacher, data, run, train=False, resume=(run / "search_state.pt").is_file())
+    searched_ms = summary["budgets"][0]["measured_ms"]
+    search_minutes = (time.perf_counter() - started) / 60
+    device = resolve_device(device_name)
+    baseline = matched_baseline(device, searched_ms)
+    entry = {"device": device_name, "budget_ms": budget, "search_minutes": search_minutes, "students": {
+        "searched": {"arch": summary["arch"], "measured_ms": searched_ms},
+        baseline.name: {"arch": baseline.to_dict(), "measured_ms": measure_network(device, baseline)}}}
+    plan_path.write_text(json.dumps(entry, indent=1) + "\n")
+    return entry
+
+
+def write_training_folder(folder: Path, plan: list[dict], epochs: int, teacher: str) -> Path:
+    """archs/<run>__<student>.json and train.sh: `train.sh DATA STUDENTS` distills every student into
+    STUDENTS/<run>__<student>/ with the recipe and epochs used here."""
+    (folder / "archs").mkdir(parents=True, exist_ok=True)
+    recipe = " ".join(f"{RECIPE_FLAGS[key]} {shlex.quote(str(value))}" for key, value in SHORT_RUN_RECIPE.items())
+    lines = ["#!/usr/bin/env bash", "# Written by benchmarks/search_vs_baselines.py --train-elsewhere.",
+             "# Usage: [JOBS=N] train.sh DATA STUDENTS [edgefr distill options, e.g. --workers 4]",
+             "# Run from an edgefr checkout (or with edgefr installed); N students train at once (default 1).",
+             "set -uo pipefail", 'here="$(cd "$(dirname "$0")" && pwd)"', 'data="$1" students="$2"; shift 2',
+             'mkdir -p "$students"', "names=()"]
+    for entry in plan:
+        for label, student in entry["students"].items():
+            name = f"{run_name(entry)}__{label}"
+            (folder / "archs" / f"{name}.json").write_text(json.dumps(student["arch"], indent=1) + "\n")
+            lines += [f"names+=({name})",
+                      f'python3 -m edgefr distill --arch "$here/archs/{name}.json" --teacher {teacher} {recipe} '
+                      f'--epochs {epochs} --data "$data" --out "$students/{name}" "$@" > "$students/{name}.log" 2>&1 &',
+                      'while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done']
+    lines += ["wait", 'missing=0; for name in "${names[@]}"; do',
+              '  [ -f "$students/$name/best.pt" ] || { echo "$name failed: see $students/$name.log"; missing=1; }',
+              "done", "exit $missing"]
+    script = folder / "train.sh"
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def run_name(entry: dict) -> str:
+    return f"{entry['device']}-{entry['budget_ms']:g}ms"
+
+
+def table_row(entry: dict, label: str, model, accuracy: dict) -> dict:
+    return {"device": entry["device"], "budget_ms": entry["budget_ms"], "model": label,
+            "measured_ms": entry["students"][label]["measured_ms"], "params_m": count_params(model) / 1e6,
             "mflops": count_flops(model) / 1e6, "lfw": 100 * accuracy["lfw"]["accuracy"],
-            "celeba": 100 * accuracy["celeba_pairs"]["accuracy"], "minutes": seconds / 60}
+            "celeba": 100 * accuracy["celeba_pairs"]["accuracy"],
+            "search_minutes": entry["search_minutes"] if label == "searched" else None}
+
+
+def format_table(rows: list[dict], title: str) -> str:
+    lines = [title, "", "| device | budget ms | model | measured ms | params | MFLOPs | LFW % | CelebA % | search min |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        minutes = "" if r["search_minutes"] is None else f"{r['search_minutes']:.1f}"
+        lines.append(f"| {r['device']} | {r['budget_ms']:g} | {r['model']} | {r['measured_ms']:.2f} | "
+                     f"{r['params_m']:.2f}M | {r['mflops']:.0f} | {r['lfw']:.2f} | {r['celeba']:.2f} | {minutes} |")
+    return "\n".join(lines) + "\n"
 
 
 @click.command()
-@click.option("--device", "devices", multiple=True, default=["host-ort", "host-tflite-int8"])
-@click.option("--budget", "budgets", type=float, multiple=True, default=[2.0, 4.0, 8.0])
+@click.option("--run", "runs", multiple=True, default=DEFAULT_RUNS, show_default=True,
+              help="DEVICE:BUDGET_MS, repeatable.")
 @click.option("--teacher", default="sface")
 @click.option("--data", help="Training faces [$EDGEFR_DATA or ../shared/faces/celeba].")
 @click.option("--kd", default="proxyless,mimic", help="KD objective guiding the search.")
 @click.option("--steps", default=300, help="Search steps.")
 @click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
-@click.option("--distill-minutes", default=8.0, help="The distillation time box of `edgefr search` (0: none), both.")
+@click.option("--distill-minutes", default=8.0, help="Distillation time box per student on this host (0: none).")
+@click.option("--train-elsewhere", is_flag=True, help="Stop after the searches; write OUT/train/ for a GPU machine.")
+@click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Evaluate the students train.sh wrote here instead of training them.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
-def main(devices, budgets, teacher, data, kd, steps, epochs, distill_minutes, out) -> None:
+def main(runs, teacher, data, kd, steps, epochs, distill_minutes, train_elsewhere, students, out) -> None:
     data = data or default_data()
-    time_box = distill_minutes * 60 or None
-    rows = []
-    for device_name, budget in itertools.product(devices, budgets):
-        device = resolve_device(device_name)
-        run = out / f"{device_name}-{budget:g}ms"
-        started = time.perf_counter()
+    plan = []
+    for device_name, budget in map(parse_run, runs):
         config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")), steps=steps,
                               checkpoint_every=max(1, min(20, steps // 4)))
-        summary = run_pipeline(config, teacher, data, run, train=True, distill_epochs=epochs,
-                               distill_minutes=distill_minutes or None, resume=(run / "search_state.pt").is_file())
-        searched_ms = summary["budgets"][0]["measured_ms"]
-        rows.append({"device": device_name, "budget_ms": budget, **row(
-            "searched", summary["arch"], searched_ms, summary["accuracy"], time.perf_counter() - started)})
-        started = time.perf_counter()
-        baseline = matched_baseline(device, searched_ms)
-        trained = distill(baseline, teacher, data, epochs=epochs, out=run / "baseline",
-                          resume=(run / "baseline" / "last.pt").is_file(), time_budget_s=time_box,
-                          **SHORT_RUN_RECIPE)
-        rows.append({"device": device_name, "budget_ms": budget, **row(
-            baseline.name, baseline, measure_network(device, baseline), evaluate_student(trained.student),
-            time.perf_counter() - started)})
-    click.echo(f"\n{'device':18s} {'budget':>6s} {'model':34s} {'ms':>6s} {'params':>7s} {'MFLOPs':>7s} "
-               f"{'LFW%':>6s} {'CelebA%':>7s} {'min':>6s}")
-    for r in rows:
-        click.echo(f"{r['device']:18s} {r['budget_ms']:6g} {r['model']:34s} {r['measured_ms']:6.2f} "
-                   f"{r['params_m']:6.3f}M {r['mflops']:7.1f} {r['lfw']:6.2f} {r['celeba']:7.2f} {r['minutes']:6.1f}")
+        plan.append(search_and_match(device_name, budget, config, teacher, data,
+                                     out / f"{device_name}-{budget:g}ms"))
+    if train_elsewhere:
+        script = write_training_folder(out / "train", plan, epochs, teacher)
+        click.echo(f"wrote {script}; on the training machine: {script} DATA STUDENTS, then rerun this with "
+                   f"--students STUDENTS")
+        return
+    rows = []
+    for entry in plan:
+        for label, student in entry["students"].items():
+            if students is not None:
+                model, _ = load_student(students / f"{run_name(entry)}__{label}" / "best.pt")
+            else:
+                model = distill(student["arch"], teacher, data, epochs=epochs,
+                                out=out / run_name(entry) / label,
+                                resume=(out / run_name(entry) / label / "last.pt").is_file(),
+                                time_budget_s=distill_minutes * 60 or None, **SHORT_RUN_RECIPE).student
+            rows.append(table_row(entry, label, model, evaluate_student(model)))
+    where = f"trained elsewhere ({students})" if students is not None else \
+        f"trained here, {epochs} epochs, time box {distill_minutes:g} min"
+    table = format_table(rows, f"Searched vs scaled MobileFaceNet; students {where}; recipe {SHORT_RUN_RECIPE}")
+    (out / "table.md").write_text(table)
+    click.echo("\n" + table)
 
 
 if __name__ == "__main__":

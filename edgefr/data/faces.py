@@ -151,11 +151,11 @@ class ImageFolderFaces(Dataset):
         raise EdgefrError(f"{self.root}: none of the {len(self.samples)} images could be decoded")
 
     def data_signature(self) -> list:
-        """What identifies this data for caches: every file with its size and modification time."""
+        """What identifies this data for caches: every file (absolute path) with its size and modification time."""
         signature = []
         for path, label in self.samples:
             stat = Path(path).stat()
-            signature.append((path, label, stat.st_size, stat.st_mtime_ns))
+            signature.append((str(Path(path).absolute()), label, stat.st_size, stat.st_mtime_ns))
         return signature
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from edgefr.distill.data import AugmentedView, Split, dataset_labels, sample_seed, split_dataset, validation_pairs
+from edgefr.distill.allocator import retain_freed_memory
 from edgefr.distill.embedder import FAST_LAYOUT, ModuleEmbedder, to_model_input
 from edgefr.distill.losses import Objective, needs_teacher, parse_methods, select_neurons
 from edgefr.distill.multistep import EPOCH_DIR, checkpoint_for_epoch, epoch_checkpoint_name, teacher_checkpoints
@@ -266,6 +267,7 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
       pruning; raising from it stops training after `last.pt` is written).
     Returns the run folder's paths, the metrics history and the best student (eval mode).
     """
+    retain_freed_memory()
     config = TrainConfig(methods=parse_methods(methods), epochs=int(epochs), **options)
     if config.epochs < 1:
         raise EdgefrError(f"--epochs must be at least 1, got {epochs}")

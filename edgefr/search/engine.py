@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from edgefr.devices import resolve_device
 from edgefr.distill.data import AugmentedView, dataset_labels, sample_seed, split_dataset
+from edgefr.distill.allocator import retain_freed_memory
 from edgefr.distill.embedder import FAST_LAYOUT, to_model_input
 from edgefr.distill.engine import augmentation_factory, class_centres, load_faces, resolve_teacher, teacher_targets
 from edgefr.distill.losses import Objective, parse_methods
@@ -130,6 +131,7 @@ def _snapshot(step: int, supernet: SuperNet, expected: dict, budgets: list[Budge
 def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = False, space: SearchSpace = MFN_SPACE,
                progress: bool = True, log=print) -> tuple[SuperNet, SearchState, list[Budget], dict, dict]:
     """Search; returns the trained supernet, the final state, the budgets, the expected-latency modules and devices."""
+    retain_freed_memory()
     budgets, expected, devices = device_budgets(config, space)
     ranges = check_reachable(space, budgets, config.embedding, space.head_widths[0])
     for b in budgets:

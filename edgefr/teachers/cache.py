@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def cached_embeddings(teacher: Teacher, dataset, view: str = "center",
             images = np.ascontiguousarray(images[:, :, ::-1])
         out[start:start + len(images)] = teacher.embed(images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
+    # One temp file per process: concurrent trainings on one machine may fill the same cache entry at once.
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, out)
     tmp.replace(path)
     return out
