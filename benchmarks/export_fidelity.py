@@ -24,8 +24,8 @@ from edgefr.export.artifacts import (
     FORMATS,
     QUANTIZATIONS,
     SUFFIX,
-    ExportTarget,
     artifact_bytes,
+    check_target,
     load_artifact_embedder,
     write_artifact,
 )
@@ -68,8 +68,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in args.formats.split(","):
             fp32_ms = None
-            for quantize in QUANTIZATIONS[fmt]:
-                target = ExportTarget(fmt, quantize)
+            targets = [check_target(fmt, quantize) for quantize in QUANTIZATIONS[fmt]]
+            # int8 exports keep a float head by default; the whole-int8 graph shows what that buys.
+            targets += [check_target(fmt, "int8", float_head=False) for t in targets if t.float_head]
+            for target in targets:
                 path = write_artifact(model, target, Path(tmp) / f"{target.label}{SUFFIX[fmt]}", calibration)
                 embedder = load_artifact_embedder(path)
                 cosine = np.sum(reference_faces * l2_normalize(embedder.embed(faces)), axis=1)

@@ -94,7 +94,8 @@ def write_training_folder(folder: Path, plan: list[dict], epochs: int, teacher: 
             (folder / "archs" / f"{name}.json").write_text(json.dumps(student["arch"], indent=1) + "\n")
             lines += [f"names+=({name})",
                       f'python3 -m edgefr distill --arch "$here/archs/{name}.json" --teacher {teacher} {recipe} '
-                      f'--epochs {epochs} --data "$data" --out "$students/{name}" "$@" > "$students/{name}.log" 2>&1 &',
+                      f'--epochs {epochs} --data "$data" --out "$students/{name}" "$@" '
+                      f'> "$students/{name}.log" 2>&1 &',
                       'while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done']
     lines += ["wait", 'missing=0; for name in "${names[@]}"; do',
               '  [ -f "$students/$name/best.pt" ] || { echo "$name failed: see $students/$name.log"; missing=1; }',
@@ -113,17 +114,20 @@ def table_row(entry: dict, label: str, model, accuracy: dict) -> dict:
     return {"device": entry["device"], "budget_ms": entry["budget_ms"], "model": label,
             "measured_ms": entry["students"][label]["measured_ms"], "params_m": count_params(model) / 1e6,
             "mflops": count_flops(model) / 1e6, "lfw": 100 * accuracy["lfw"]["accuracy"],
-            "celeba": 100 * accuracy["celeba_pairs"]["accuracy"],
+            "lfw_std": 100 * accuracy["lfw"]["accuracy_std"], "celeba": 100 * accuracy["celeba_pairs"]["accuracy"],
+            "celeba_std": 100 * accuracy["celeba_pairs"]["accuracy_std"],
             "search_minutes": entry["search_minutes"] if label == "searched" else None}
 
 
 def format_table(rows: list[dict], title: str) -> str:
-    lines = [title, "", "| device | budget ms | model | measured ms | params | MFLOPs | LFW % | CelebA % | search min |",
+    lines = [title, "",
+             "| device | budget ms | model | measured ms | params | MFLOPs | LFW % | CelebA % | search min |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         minutes = "" if r["search_minutes"] is None else f"{r['search_minutes']:.1f}"
         lines.append(f"| {r['device']} | {r['budget_ms']:g} | {r['model']} | {r['measured_ms']:.2f} | "
-                     f"{r['params_m']:.2f}M | {r['mflops']:.0f} | {r['lfw']:.2f} | {r['celeba']:.2f} | {minutes} |")
+                     f"{r['params_m']:.2f}M | {r['mflops']:.0f} | {r['lfw']:.2f} +- {r['lfw_std']:.2f} | "
+                     f"{r['celeba']:.2f} +- {r['celeba_std']:.2f} | {minutes} |")
     return "\n".join(lines) + "\n"
 
 

@@ -104,13 +104,16 @@ def test_float_head_keeps_the_embedding_head_float_in_an_int8_export(fmt, head_o
                                                             "Mul", "Add", "MUL", "ADD", "Flatten", "Reshape"}
 
 
-def test_float_head_is_refused_where_it_means_nothing():
+def test_float_head_is_the_int8_default_and_refused_where_it_means_nothing():
     from edgefr.export.artifacts import check_target
 
     for fmt, quantize in (("onnx", "fp32"), ("coreml", "fp16"), ("tflite", "int8-weights")):
         with pytest.raises(EdgefrError, match="--float-head applies to --quantize int8"):
             check_target(fmt, quantize, float_head=True)
-    assert check_target("tflite", "int8", float_head=True).label == "tflite-int8-float-head"
+        assert not check_target(fmt, quantize).float_head
+    assert check_target("tflite", "int8").label == "tflite-int8-float-head"
+    assert check_target("onnx", "int8").label == "onnx-int8-float-head"
+    assert check_target("onnx", "int8", float_head=False).label == "onnx-int8"
 
 
 @pytest.mark.slow

@@ -17,9 +17,9 @@ ALL_QUANTIZATIONS = tuple(dict.fromkeys(q for fmt in FORMATS for q in QUANTIZATI
 @click.option("--format", "fmt", default="tflite", show_default=True, help=f"{', '.join(FORMATS)} or all.")
 @click.option("--quantize", default="fp32", show_default=True,
               help=f"{', '.join(ALL_QUANTIZATIONS)} (see export/<format>.toml for which format has which).")
-@click.option("--float-head", is_flag=True,
+@click.option("--float-head/--int8-head", default=None,
               help="With --quantize int8 (onnx, tflite): keep the embedding head after the global depthwise conv "
-                   "in float32.")
+                   "in float32 (the default there) or quantize it too.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Aligned faces for int8 calibration [../shared/faces/celeba].")
 @click.option("--calib-images", default=200, show_default=True, help="Calibration faces (spread over the folder).")
