@@ -32,7 +32,7 @@ from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
 from edgefr.search.pipeline import evaluate_student
-from edgefr.space import count_flops, count_params, create_model, scaled_mobilefacenet
+from edgefr.space import count_flops, count_params, scaled_mobilefacenet
 from edgefr.space.checkpoint import load_student
 
 WIDTHS = (0.5, 0.75, 1.0, 1.25)
@@ -90,7 +90,7 @@ def write_training_folder(folder: Path, plan: list[dict], epochs: int, teacher: 
              'mkdir -p "$students"', "names=()"]
     for entry in plan:
         for label, student in entry["students"].items():
-            name = f"{run_name(entry)}__{label}"
+            name = f"{run_name(entry['device'], entry['budget_ms'])}__{label}"
             (folder / "archs" / f"{name}.json").write_text(json.dumps(student["arch"], indent=1) + "\n")
             lines += [f"names+=({name})",
                       f'python3 -m edgefr distill --arch "$here/archs/{name}.json" --teacher {teacher} {recipe} '
@@ -106,8 +106,9 @@ def write_training_folder(folder: Path, plan: list[dict], epochs: int, teacher: 
     return script
 
 
-def run_name(entry: dict) -> str:
-    return f"{entry['device']}-{entry['budget_ms']:g}ms"
+def run_name(device_name: str, budget_ms: float) -> str:
+    """A run's folder under --out, and its students' prefix in train.sh's output."""
+    return f"{device_name}-{budget_ms:g}ms"
 
 
 def table_row(entry: dict, label: str, model, accuracy: dict) -> dict:
@@ -151,7 +152,7 @@ def main(runs, teacher, data, kd, steps, epochs, distill_minutes, train_elsewher
         config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")), steps=steps,
                               checkpoint_every=max(1, min(20, steps // 4)))
         plan.append(search_and_match(device_name, budget, config, teacher, data,
-                                     out / f"{device_name}-{budget:g}ms"))
+                                     out / run_name(device_name, budget)))
     if train_elsewhere:
         script = write_training_folder(out / "train", plan, epochs, teacher)
         click.echo(f"wrote {script}; on the training machine: {script} DATA STUDENTS, then rerun this with "
@@ -159,13 +160,14 @@ def main(runs, teacher, data, kd, steps, epochs, distill_minutes, train_elsewher
         return
     rows = []
     for entry in plan:
+        run = run_name(entry["device"], entry["budget_ms"])
         for label, student in entry["students"].items():
             if students is not None:
-                model, _ = load_student(students / f"{run_name(entry)}__{label}" / "best.pt")
+                model, _ = load_student(students / f"{run}__{label}" / "best.pt")
             else:
-                model = distill(student["arch"], teacher, data, epochs=epochs,
-                                out=out / run_name(entry) / label,
-                                resume=(out / run_name(entry) / label / "last.pt").is_file(),
+                student_dir = out / run / label
+                model = distill(student["arch"], teacher, data, epochs=epochs, out=student_dir,
+                                resume=(student_dir / "last.pt").is_file(),
                                 time_budget_s=distill_minutes * 60 or None, **SHORT_RUN_RECIPE).student
             rows.append(table_row(entry, label, model, evaluate_student(model)))
     where = f"trained elsewhere ({students})" if students is not None else \
