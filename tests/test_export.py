@@ -90,13 +90,20 @@ def test_every_quantization_of_a_format_loads_and_runs_in_its_runtime(fmt, condi
 def test_float_head_keeps_the_embedding_head_float_in_an_int8_export(fmt, head_op, conditioned_model, faces,
                                                                       small_imagefolder, tmp_path):
     calibration = calibration_batches(small_imagefolder, 16, conditioned_model.preprocessing)
-    float_ops, cosines = {}, {}
+    float_ops, cosines, graphs = {}, {}, {}
     for float_head in (False, True):
         target = ExportTarget(fmt, "int8", float_head)
         path = write_artifact(conditioned_model, target, tmp_path / f"{target.label}{SUFFIX[fmt]}", calibration)
-        float_ops[float_head] = graph_summary(path, fmt, "int8").float_ops
+        graphs[float_head] = graph_summary(path, fmt, "int8")
+        float_ops[float_head] = graphs[float_head].float_ops
         cosines[float_head] = _cosines(conditioned_model, load_artifact_embedder(path), faces)
     assert head_op not in float_ops[False] and float_ops[True].get(head_op) == 1, float_ops
+    # The head is the graph's float tail: asked for, so not warned about, while float ops before it still are
+    # (TFLite keeps some residual ADDs float); read as a whole-int8 graph, the same float head is warned about.
+    head = graphs[True]
+    assert head.float_tail_ops.get(head_op) == 1, head
+    assert head_op not in " ".join(head.warnings("x", float_head=True)), head.warnings("x", True)
+    assert head_op in " ".join(head.warnings("x", float_head=False)), head.warnings("x", False)
     # The head's rounding is gone (on a distilled student: mean cosine 0.978 -> 0.997 ONNX, 0.979 -> 0.998 TFLite).
     assert cosines[True].mean() > cosines[False].mean() and cosines[True].min() >= 0.7, cosines
     # Only the head changed precision: the body's convolutions are int8 in both.

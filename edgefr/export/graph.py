@@ -13,17 +13,22 @@ from pathlib import Path
 class GraphSummary:
     ops: dict[str, int]
     float_ops: dict[str, int] = field(default_factory=dict)  # compute ops left in float in an int8 graph
+    # The float ops after the graph's last int8 op: where a float32 embedding head (`float_head`) lies.
+    float_tail_ops: dict[str, int] = field(default_factory=dict)
     non_delegated_ops: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def warnings(self, label: str) -> list[str]:
+    def warnings(self, label: str, float_head: bool = False) -> list[str]:
+        """What deserves a look; with `float_head` the float tail was asked for, so only float ops before it count."""
         found = []
         if self.non_delegated_ops:
             found.append(f"{label}: {sum(self.non_delegated_ops.values())} op(s) not delegated to XNNPACK, run "
                          f"by the reference kernels: {_counts(self.non_delegated_ops)}")
-        if self.float_ops:
-            found.append(f"{label}: {sum(self.float_ops.values())} op(s) stayed float in the int8 graph: "
-                         f"{_counts(self.float_ops)}")
+        unexpected = Counter(self.float_ops) - Counter(self.float_tail_ops) if float_head else self.float_ops
+        if unexpected:
+            where = " before its float head" if float_head else ""
+            found.append(f"{label}: {sum(unexpected.values())} op(s) stayed float in the int8 graph{where}: "
+                         f"{_counts(dict(unexpected))}")
         return found
 
 
@@ -59,12 +64,23 @@ def tflite_graph(path: Path, quantized: bool) -> GraphSummary:
         def is_float(op) -> bool:
             return any(tensors[i]["dtype"] == np.float32 for i in (*op["inputs"], *op["outputs"]) if i >= 0)
 
-        summary.float_ops = dict(Counter(op["op_name"] for op in original
-                                         if op["op_name"] not in _TFLITE_CONVERSIONS and is_float(op)))
+        def is_compute(op) -> bool:
+            return op["op_name"] not in _TFLITE_CONVERSIONS
+
+        summary.float_ops = dict(Counter(op["op_name"] for op in original if is_compute(op) and is_float(op)))
+        summary.float_tail_ops = _float_tail([(op["op_name"], op) for op in original],
+                                             lambda op: is_compute(op) and not is_float(op),
+                                             lambda op: is_compute(op) and is_float(op))
         conversions = sum(summary.ops.get(name, 0) for name in _TFLITE_CONVERSIONS)
         if conversions:
             summary.notes.append(f"{conversions} QUANTIZE/DEQUANTIZE op(s) convert between int8 and float")
     return summary
+
+
+def _float_tail(ops: list, is_quantized, is_float) -> dict[str, int]:
+    """Op-type counts of the float ops after the last quantized one (`ops` in execution order, each a (type, op))."""
+    last_quantized = max((i for i, (_, op) in enumerate(ops) if is_quantized(op)), default=-1)
+    return dict(Counter(kind for kind, op in ops[last_quantized + 1:] if is_float(op)))
 
 
 def _delegated_ops(ops: list[dict], delegates: list[dict]) -> set[int]:
@@ -105,10 +121,15 @@ def onnx_graph(path: Path, quantized: bool) -> GraphSummary:
     summary = GraphSummary(ops=dict(Counter(node.op_type for node in nodes)))
     summary.notes.append("onnxruntime CPU execution provider: every op runs on it (no partitions)")
     if quantized:
-        summary.float_ops = dict(Counter(node.op_type for node in nodes
-                                         if node.op_type not in _ONNX_NON_COMPUTE
-                                         and not node.op_type.startswith(_ONNX_QUANTIZED_PREFIXES)
-                                         and not node.op_type.endswith("Integer")))
+        def is_quantized(node) -> bool:
+            return node.op_type.startswith(_ONNX_QUANTIZED_PREFIXES) or node.op_type.endswith("Integer")
+
+        def is_float(node) -> bool:
+            return node.op_type not in _ONNX_NON_COMPUTE and not is_quantized(node)
+
+        summary.float_ops = dict(Counter(node.op_type for node in nodes if is_float(node)))
+        # Nodes of the optimized model are in topological order, so the tail is what runs after the last int8 op.
+        summary.float_tail_ops = _float_tail([(node.op_type, node) for node in nodes], is_quantized, is_float)
     return summary
 
 

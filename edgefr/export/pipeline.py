@@ -181,9 +181,9 @@ def _export_one(model, arch, target: ExportTarget, options: ExportOptions, refer
              "sha256": file_sha256(path) if path.is_file() else None, "recipe": tolerances.source,
              "metadata": exported_metadata(model, target)}
     graph = graph_summary(path, target.format, target.quantize)
-    entry["graph"] = {"ops": graph.ops, "float_ops": graph.float_ops, "non_delegated_ops": graph.non_delegated_ops,
-                      "notes": graph.notes}
-    entry["warnings"] = graph.warnings(target.label)
+    entry["graph"] = {"ops": graph.ops, "float_ops": graph.float_ops, "float_tail_ops": graph.float_tail_ops,
+                      "non_delegated_ops": graph.non_delegated_ops, "notes": graph.notes}
+    entry["warnings"] = graph.warnings(target.label, target.float_head)
     embedder = load_artifact_embedder(path)
     checks: list[Check] = []
     if reference.faces is not None:

@@ -45,11 +45,12 @@ def markdown(report: dict) -> str:
         graph = entry["graph"]
         lines += ["", f"## {entry['format']} {_variant(entry)}: `{entry['file']}`", "",
                   f"- recipe: {entry['recipe']}",
-                  f"- device: {entry['device']['name'] if entry['device'] else '-'}; "
-                  f"latency: {entry['latency']['note']}",
+                  (f"- device: {entry['device']['name'] if entry['device'] else '-'}; "
+                   f"latency: {entry['latency']['note']}"),
                   f"- ops: {', '.join(f'{k} x{v}' for k, v in sorted(graph['ops'].items()))}"]
         if graph["float_ops"]:
-            lines.append(f"- float ops in the int8 graph: {graph['float_ops']}")
+            head = f" (the float32 head: {graph['float_tail_ops']})" if entry.get("float_head") else ""
+            lines.append(f"- float ops in the int8 graph: {graph['float_ops']}{head}")
         if graph["non_delegated_ops"]:
             lines.append(f"- not delegated to XNNPACK: {graph['non_delegated_ops']}")
         lines += [f"- {note}" for note in graph["notes"]]
