@@ -3,6 +3,7 @@
   python benchmarks/search_vs_baselines.py                      # search, train and evaluate on this host
   python benchmarks/search_vs_baselines.py --train-elsewhere    # search here, write train/train.sh, stop
   python benchmarks/search_vs_baselines.py --students DIR       # evaluate the students train.sh wrote to DIR
+  python benchmarks/search_vs_baselines.py --students S0 --students S1 ...   # one DIR per training seed
 
 For every device:budget run: `edgefr search --no-train` (search + fit + measure), then the width/depth-scaled
 MobileFaceNet whose predicted latency is closest to the searched student's measured one, measured too. Both
@@ -12,14 +13,19 @@ measured ms, params, MFLOPs, LFW and CelebA-pairs accuracy, search minutes.
 
 Latency belongs to the device, so searching and measuring happen here; distillation does not, so the bigger
 version (more epochs, no time box) can train on a GPU machine: `--train-elsewhere` writes a self-contained
-folder (the arch JSONs and `train.sh`, one `python -m edgefr distill` per student) to copy there.
+folder (the arch JSONs and `train.sh`, one `python -m edgefr distill` per student) to copy there. Run it once
+per seed (`train.sh DATA S1 --seed 1`); given several `--students` folders, the table shows the mean and std over
+seeds and a second table the searched-minus-baseline difference of each seed (same seed, same data order).
+Each evaluation is kept beside its checkpoint (`best.eval.json`), so an interrupted evaluation resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import shlex
+import statistics
 import time
 from pathlib import Path
 
@@ -93,9 +99,9 @@ def write_training_folder(folder: Path, plan: list[dict], epochs: int, teacher: 
             name = f"{run_name(entry['device'], entry['budget_ms'])}__{label}"
             (folder / "archs" / f"{name}.json").write_text(json.dumps(student["arch"], indent=1) + "\n")
             lines += [f"names+=({name})",
-                      f'python3 -m edgefr distill --arch "$here/archs/{name}.json" --teacher {teacher} {recipe} '
-                      f'--epochs {epochs} --data "$data" --out "$students/{name}" "$@" '
-                      f'> "$students/{name}.log" 2>&1 &',
+                      (f'python3 -m edgefr distill --arch "$here/archs/{name}.json" --teacher {teacher} {recipe} '
+                       f'--epochs {epochs} --data "$data" --out "$students/{name}" "$@" '
+                       f'> "$students/{name}.log" 2>&1 &'),
                       'while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done']
     lines += ["wait", 'missing=0; for name in "${names[@]}"; do',
               '  [ -f "$students/$name/best.pt" ] || { echo "$name failed: see $students/$name.log"; missing=1; }',
@@ -111,12 +117,37 @@ def run_name(device_name: str, budget_ms: float) -> str:
     return f"{device_name}-{budget_ms:g}ms"
 
 
-def table_row(entry: dict, label: str, model, accuracy: dict) -> dict:
+def evaluated(checkpoint: Path) -> dict:
+    """evaluate_student of a checkpoint, kept beside it (keyed by the checkpoint's digest) so reruns are free."""
+    if not checkpoint.is_file():
+        raise click.ClickException(f"{checkpoint}: no such student checkpoint (did train.sh finish it?)")
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    kept = checkpoint.with_suffix(".eval.json")
+    if kept.is_file():
+        record = json.loads(kept.read_text())
+        if record.get("sha256") == digest:
+            return record["accuracy"]
+    model, _ = load_student(checkpoint)
+    accuracy = evaluate_student(model)
+    kept.write_text(json.dumps({"sha256": digest, "accuracy": accuracy}, indent=1) + "\n")
+    return accuracy
+
+
+def spread(values: list[float], fold_std: float) -> float:
+    """The +- of a mean: the std over seeds when there are several, else the 10-fold std of the one seed."""
+    return statistics.stdev(values) if len(values) > 1 else fold_std
+
+
+def table_row(entry: dict, label: str, model, accuracies: list[dict]) -> dict:
+    """One student's row; `accuracies` holds one evaluate_student result per training seed."""
+    lfw = [100 * a["lfw"]["accuracy"] for a in accuracies]
+    celeba = [100 * a["celeba_pairs"]["accuracy"] for a in accuracies]
     return {"device": entry["device"], "budget_ms": entry["budget_ms"], "model": label,
             "measured_ms": entry["students"][label]["measured_ms"], "params_m": count_params(model) / 1e6,
-            "mflops": count_flops(model) / 1e6, "lfw": 100 * accuracy["lfw"]["accuracy"],
-            "lfw_std": 100 * accuracy["lfw"]["accuracy_std"], "celeba": 100 * accuracy["celeba_pairs"]["accuracy"],
-            "celeba_std": 100 * accuracy["celeba_pairs"]["accuracy_std"],
+            "mflops": count_flops(model) / 1e6, "seeds": len(accuracies), "lfw_seeds": lfw, "celeba_seeds": celeba,
+            "lfw": statistics.fmean(lfw), "lfw_std": spread(lfw, 100 * accuracies[0]["lfw"]["accuracy_std"]),
+            "celeba": statistics.fmean(celeba),
+            "celeba_std": spread(celeba, 100 * accuracies[0]["celeba_pairs"]["accuracy_std"]),
             "search_minutes": entry["search_minutes"] if label == "searched" else None}
 
 
@@ -132,6 +163,24 @@ def format_table(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_differences(rows: list[dict]) -> str:
+    """Searched minus baseline per run, paired by seed: mean +- std over seeds and how many seeds it won."""
+    lines = ["Searched minus baseline, paired by training seed (pp; mean +- std over seeds, seeds won)", "",
+             "| device | budget ms | baseline | LFW | CelebA |", "|---|---|---|---|---|"]
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["device"], r["budget_ms"]), []).append(r)
+    for (device, budget), (searched, *baselines) in runs.items():
+        for baseline in baselines:
+            cells = []
+            for key in ("lfw_seeds", "celeba_seeds"):
+                diffs = [a - b for a, b in zip(searched[key], baseline[key])]
+                std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                cells.append(f"{statistics.fmean(diffs):+.2f} +- {std:.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+            lines.append(f"| {device} | {budget:g} | {baseline['model']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 @click.command()
 @click.option("--run", "runs", multiple=True, default=DEFAULT_RUNS, show_default=True,
               help="DEVICE:BUDGET_MS, repeatable.")
@@ -142,8 +191,8 @@ def format_table(rows: list[dict], title: str) -> str:
 @click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
 @click.option("--distill-minutes", default=8.0, help="Distillation time box per student on this host (0: none).")
 @click.option("--train-elsewhere", is_flag=True, help="Stop after the searches; write OUT/train/ for a GPU machine.")
-@click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Evaluate the students train.sh wrote here instead of training them.")
+@click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path), multiple=True,
+              help="Evaluate the students train.sh wrote here instead of training them; repeat once per seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
 def main(runs, teacher, data, kd, steps, epochs, distill_minutes, train_elsewhere, students, out) -> None:
     data = data or default_data()
@@ -162,18 +211,26 @@ def main(runs, teacher, data, kd, steps, epochs, distill_minutes, train_elsewher
     for entry in plan:
         run = run_name(entry["device"], entry["budget_ms"])
         for label, student in entry["students"].items():
-            if students is not None:
-                model, _ = load_student(students / f"{run}__{label}" / "best.pt")
+            if students:
+                checkpoints = [folder / f"{run}__{label}" / "best.pt" for folder in students]
+                accuracies = [evaluated(checkpoint) for checkpoint in checkpoints]
+                model, _ = load_student(checkpoints[0])
             else:
                 student_dir = out / run / label
                 model = distill(student["arch"], teacher, data, epochs=epochs, out=student_dir,
                                 resume=(student_dir / "last.pt").is_file(),
                                 time_budget_s=distill_minutes * 60 or None, **SHORT_RUN_RECIPE).student
-            rows.append(table_row(entry, label, model, evaluate_student(model)))
-    where = f"trained elsewhere ({students})" if students is not None else \
-        f"trained here, {epochs} epochs, time box {distill_minutes:g} min"
+                accuracies = [evaluate_student(model)]
+            rows.append(table_row(entry, label, model, accuracies))
+    if students:
+        spread_note = "+- std over seeds" if len(students) > 1 else "+- 10-fold std"
+        where = f"trained elsewhere, {len(students)} seed(s) ({', '.join(map(str, students))}); {spread_note}"
+    else:
+        where = f"trained here, {epochs} epochs, time box {distill_minutes:g} min; +- 10-fold std"
     table = format_table(rows, f"Searched vs scaled MobileFaceNet; students {where}; recipe {SHORT_RUN_RECIPE}")
+    table += "\n" + format_differences(rows)
     (out / "table.md").write_text(table)
+    (out / "table.json").write_text(json.dumps(rows, indent=1) + "\n")
     click.echo("\n" + table)
 
 
