@@ -1,5 +1,6 @@
 """Latency tables: real small profiles on ONNX Runtime and TFLite, prediction, calibration, and bad tables."""
 
+import copy
 import json
 
 import pytest
@@ -9,8 +10,9 @@ from edgefr.devices import resolve_device
 from edgefr.errors import EdgefrError
 from edgefr.latency import ArchProbabilities, ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.latency.calibration import fit_calibration
-from edgefr.latency.lut import LatencyTable
-from edgefr.latency.profile import profile_device
+from edgefr.latency.lut import LatencyTable, table_path
+from edgefr.latency.models import ModelFileCache
+from edgefr.latency.profile import calibrate, profile_device
 from edgefr.space import MFN_SPACE, resolve_arch
 from tests.support import assert_one_line_error, run_edgefr
 
@@ -87,6 +89,29 @@ def test_calibration_recovers_per_activation_scales_and_offset():
     assert fit["scale"]["relu"] == pytest.approx(0.8, abs=1e-6)
     assert fit["scale"]["prelu"] == pytest.approx(1.1, abs=1e-6)
     assert fit["offset_ms"] == pytest.approx(0.2, abs=1e-6) and fit["fit"]["mape"] < 1e-6
+
+
+@pytest.mark.slow
+def test_calibration_reads_the_machine_state_from_anchor_blocks_and_divides_it_out():
+    """A table whose blocks were measured on a machine twice as fast (halved here) calibrates to the same scales:
+    the anchor blocks, measured now beside the calibration nets, show the 2x, and the fit removes it."""
+    device = resolve_device("host-ort")
+    table = load_table(table_path("host-ort"))  # the shipped blocks; this machine's CPU may differ (CI)
+    cache = ModelFileCache(device.runtime, device.dtype)
+    calibrations = {}
+    for label, speedup in (("as measured", 1.0), ("twice as fast", 2.0)):
+        doctored = copy.deepcopy(table)
+        for entry in doctored.entries.values():
+            entry["ms"] /= speedup
+            entry["measured_ms"] /= speedup
+        calibrations[label] = calibrate(device, MFN_SPACE, doctored, cache, count=4, embedding=128, seed=0,
+                                        log=lambda *_: None)
+    same, fast = calibrations["as measured"], calibrations["twice as fast"]
+    assert fast["machine_state"]["anchors"] >= 12
+    # 2x, read within the noise of a loaded machine; the scales stay put instead of doubling.
+    assert 1.5 < fast["machine_state"]["factor"] / same["machine_state"]["factor"] < 2.7, (same, fast)
+    for act in ("relu", "prelu"):
+        assert 0.75 < fast["scale"][act] / same["scale"][act] < 1.33, (act, same["scale"], fast["scale"])
 
 
 def synthetic_full_table() -> LatencyTable:

@@ -2,13 +2,18 @@
 
 Long on purpose (minutes per device), so it checkpoints: blocks are converted and measured in chunks, and each
 measured chunk is saved to `<table>.partial.json`; a rerun resumes from it. Whole nets measured at the end fit the
-calibration (see `calibration.py`).
+calibration (see `calibration.py`), together with a sample of the table's own blocks measured again ("anchors"):
+a shared machine's speed drifts by several percent within minutes (on this host the same 30 nets, measured 3 to
+30 minutes apart, moved by up to 7%), so the calibration nets' times are first brought back to the machine state
+the blocks were measured in. The scales then hold what whole graphs do differently from their blocks, not the
+moment the calibration ran.
 """
 
 from __future__ import annotations
 
 import datetime
 import random
+import statistics
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,6 +36,8 @@ MIN_CALIBRATION_NETS = 4  # three coefficients (two scales, one offset) need mor
 # (67% within 10%); fitted on 42, 4.6% (93%). Richer groupings (per block kind, resolution, activation x
 # resolution) did not beat per-activation scales; more nets did.
 DEFAULT_CALIBRATION_NETS = 40
+ANCHOR_BLOCKS = 24  # table blocks measured again beside the calibration nets, to read the machine's current speed
+ANCHOR_PREFIX = "anchor:"
 
 
 def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Arch]:
@@ -104,6 +111,24 @@ def _entry(spec: BlockSpec, measured: dict, contexts: dict[str, dict]) -> dict:
     return entry
 
 
+def anchor_blocks(table: LatencyTable, archs: list[Arch], count: int, seed: int) -> list[BlockSpec]:
+    """A seeded sample of the blocks the calibration nets are made of (those the calibration must agree with)."""
+    specs = {spec.key: spec for arch in archs for spec in arch.block_specs() if spec.key in table.entries}
+    keys = sorted(specs)
+    random.Random(seed).shuffle(keys)
+    return [specs[key] for key in keys[:count]]
+
+
+def machine_state(table: LatencyTable, measured_now: dict[str, float]) -> dict:
+    """How fast the machine runs now against when the table's blocks were measured: the median ratio of the
+    blocks' times now to their table times (1.0 with no blocks to compare)."""
+    ratios = sorted(ms / table.entries[key]["measured_ms"] for key, ms in measured_now.items())
+    if not ratios:
+        return {"factor": 1.0, "anchors": 0}
+    return {"factor": statistics.median(ratios), "anchors": len(ratios),
+            "ratio_range": [ratios[0], ratios[-1]]}
+
+
 def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,
                    calibration_nets: int = DEFAULT_CALIBRATION_NETS, embedding: int = 128, seed: int = 0,
                    chunk_size: int = 64,
@@ -155,7 +180,10 @@ def calibrate(device: Device, space: SearchSpace, table: LatencyTable, cache: Mo
             f"(need {MIN_CALIBRATION_NETS}); predictions are raw block sums")
         return None
     files = {a.name: cache.network(a) for a in tqdm(archs, desc="convert calibration nets", unit="net", leave=False)}
+    anchors = anchor_blocks(table, archs, ANCHOR_BLOCKS, seed)
+    files.update({ANCHOR_PREFIX + spec.key: cache.block(spec) for spec in anchors})
     result = measure_files(device, files, seed + 1, "measure calibration nets")
+    state = machine_state(table, {spec.key: result["results"][ANCHOR_PREFIX + spec.key]["ms"] for spec in anchors})
     uncalibrated = LatencyPredictor(LatencyTable(device=table.device, space=table.space, protocol=table.protocol,
                                                  entries=table.entries))
     nets = []
@@ -163,9 +191,12 @@ def calibrate(device: Device, space: SearchSpace, table: LatencyTable, cache: Mo
         raw_by_act: dict[str, float] = {}
         for block in uncalibrated.predict(arch).blocks:
             raw_by_act[block.spec.act] = raw_by_act.get(block.spec.act, 0.0) + block.raw_ms
+        measured = result["results"][arch.name]["ms"]
         nets.append({"name": arch.name, "arch": arch.to_dict(), "raw_by_act": raw_by_act,
-                     "measured_ms": result["results"][arch.name]["ms"]})
-    calibration = fit_calibration(nets)
+                     "measured_now_ms": measured, "measured_ms": measured / state["factor"]})
+    log(f"machine state: the table's blocks ran {state['factor']:.3f}x their table time now (median of "
+        f"{state['anchors']} blocks); whole-net times are divided by it before the fit")
+    calibration = {**fit_calibration(nets), "machine_state": state}
     log(f"calibration on {len(nets)} whole nets: scale {calibration['scale']}, offset "
         f"{calibration['offset_ms']:.3f} ms, fit MAPE {100 * calibration['fit']['mape']:.2f}%")
     return calibration
