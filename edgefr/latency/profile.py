@@ -121,10 +121,8 @@ def anchor_blocks(table: LatencyTable, archs: list[Arch], count: int, seed: int)
 
 def machine_state(table: LatencyTable, measured_now: dict[str, float]) -> dict:
     """How fast the machine runs now against when the table's blocks were measured: the median ratio of the
-    blocks' times now to their table times (1.0 with no blocks to compare)."""
+    blocks' times now (`measured_now`, at least one) to their table times."""
     ratios = sorted(ms / table.entries[key]["measured_ms"] for key, ms in measured_now.items())
-    if not ratios:
-        return {"factor": 1.0, "anchors": 0}
     return {"factor": statistics.median(ratios), "anchors": len(ratios),
             "ratio_range": [ratios[0], ratios[-1]]}
 
