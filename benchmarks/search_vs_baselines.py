@@ -170,13 +170,14 @@ def format_differences(rows: list[dict]) -> str:
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
         runs.setdefault((r["device"], r["budget_ms"]), []).append(r)
-    for (device, budget), (searched, *baselines) in runs.items():
-        for baseline in baselines:
+    for (device, budget), group in runs.items():
+        searched = next(r for r in group if r["model"] == "searched")
+        for baseline in (r for r in group if r is not searched):
             cells = []
             for key in ("lfw_seeds", "celeba_seeds"):
                 diffs = [a - b for a, b in zip(searched[key], baseline[key])]
-                std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-                cells.append(f"{statistics.fmean(diffs):+.2f} +- {std:.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+                cells.append(f"{statistics.fmean(diffs):+.2f} +- {spread(diffs, 0.0):.2f} "
+                             f"({sum(d > 0 for d in diffs)}/{len(diffs)})")
             lines.append(f"| {device} | {budget:g} | {baseline['model']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 

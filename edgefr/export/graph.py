@@ -67,20 +67,21 @@ def tflite_graph(path: Path, quantized: bool) -> GraphSummary:
         def is_compute(op) -> bool:
             return op["op_name"] not in _TFLITE_CONVERSIONS
 
-        summary.float_ops = dict(Counter(op["op_name"] for op in original if is_compute(op) and is_float(op)))
-        summary.float_tail_ops = _float_tail([(op["op_name"], op) for op in original],
-                                             lambda op: is_compute(op) and not is_float(op),
-                                             lambda op: is_compute(op) and is_float(op))
+        summary.float_ops, summary.float_tail_ops = _float_op_counts(
+            [(op["op_name"], op) for op in original], lambda op: is_compute(op) and not is_float(op),
+            lambda op: is_compute(op) and is_float(op))
         conversions = sum(summary.ops.get(name, 0) for name in _TFLITE_CONVERSIONS)
         if conversions:
             summary.notes.append(f"{conversions} QUANTIZE/DEQUANTIZE op(s) convert between int8 and float")
     return summary
 
 
-def _float_tail(ops: list, is_quantized, is_float) -> dict[str, int]:
-    """Op-type counts of the float ops after the last quantized one (`ops` in execution order, each a (type, op))."""
+def _float_op_counts(ops: list, is_quantized, is_float) -> tuple[dict[str, int], dict[str, int]]:
+    """Op-type counts of the float ops, all of them and those after the last quantized one (the float tail);
+    `ops` in execution order, each a (type, op)."""
     last_quantized = max((i for i, (_, op) in enumerate(ops) if is_quantized(op)), default=-1)
-    return dict(Counter(kind for kind, op in ops[last_quantized + 1:] if is_float(op)))
+    return (dict(Counter(kind for kind, op in ops if is_float(op))),
+            dict(Counter(kind for kind, op in ops[last_quantized + 1:] if is_float(op))))
 
 
 def _delegated_ops(ops: list[dict], delegates: list[dict]) -> set[int]:
@@ -127,9 +128,9 @@ def onnx_graph(path: Path, quantized: bool) -> GraphSummary:
         def is_float(node) -> bool:
             return node.op_type not in _ONNX_NON_COMPUTE and not is_quantized(node)
 
-        summary.float_ops = dict(Counter(node.op_type for node in nodes if is_float(node)))
         # Nodes of the optimized model are in topological order, so the tail is what runs after the last int8 op.
-        summary.float_tail_ops = _float_tail([(node.op_type, node) for node in nodes], is_quantized, is_float)
+        summary.float_ops, summary.float_tail_ops = _float_op_counts([(node.op_type, node) for node in nodes],
+                                                                     is_quantized, is_float)
     return summary
 
 
