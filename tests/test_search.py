@@ -77,27 +77,45 @@ def test_architecture_gradients_come_from_the_kd_loss_and_from_latency(ort, tmp_
 
 
 def test_budget_fit_lands_in_the_band_and_unreachable_budgets_state_the_range(ort):
-    budget = Budget("host-ort", 0.0, lambda a: ort.predict(a).total_ms)
-    low, high = check_reachable(MFN_SPACE, [Budget("host-ort", 5.0, budget.predict)], 128, 512)["host-ort"]
+    low, high = check_reachable(MFN_SPACE, [Budget("host-ort", 5.0, ort)], 128, 512)["host-ort"]
     assert 0 < low < ort.predict(resolve_arch("mobilefacenet_w050_d050_relu")).total_ms
     assert high > ort.predict(resolve_arch("mobilefacenet_w125")).total_ms
     net = SuperNet(MFN_SPACE, 128)
     for fraction in (0.2, 0.5, 0.8):
         target = low + fraction * (high - low)
-        arch, moves = fit_to_budget(MFN_SPACE, net.derive(), [Budget("host-ort", target, budget.predict)],
+        arch, moves = fit_to_budget(MFN_SPACE, net.derive(), [Budget("host-ort", target, ort)],
                                     net.frozen_log_prob(),
                                     lambda s, j: MFN_SPACE.stages[s].candidates[0])
         assert 0.91 <= ort.predict(arch).total_ms / target <= 0.97, (target, moves[-3:])
     with pytest.raises(EdgefrError, match=r"not reachable on host-ort: the search space spans"):
-        check_reachable(MFN_SPACE, [Budget("host-ort", low / 3, budget.predict)], 128, 512)
+        check_reachable(MFN_SPACE, [Budget("host-ort", low / 3, ort)], 128, 512)
     with pytest.raises(EdgefrError, match=r"not reachable on host-ort: the search space spans"):
-        check_reachable(MFN_SPACE, [Budget("host-ort", high * 1.2, budget.predict)], 128, 512)
+        check_reachable(MFN_SPACE, [Budget("host-ort", high * 1.2, ort)], 128, 512)
+
+
+def test_an_activation_subspace_samples_and_fits_only_those_activations(ort):
+    relu_only = MFN_SPACE.with_activations(("relu",))
+    acts = lambda a: {a.stem_act, a.head_act} | {l.act for s in a.stages for l in s.layers}  # noqa: E731
+    net = SuperNet(relu_only, 128)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        arch, _ = net.sample(generator)
+        assert acts(arch) == {"relu"} and MFN_SPACE.validate(arch) is arch
+    budget = Budget("host-ort", 4.0, ort)
+    arch, moves = fit_to_budget(relu_only, net.derive(), [budget], net.frozen_log_prob(),
+                                lambda s, j: relu_only.stages[s].candidates[0])
+    assert acts(arch) == {"relu"} and 0.91 <= budget.predict(arch) / 4.0 <= 0.97, moves[-3:]
+    # ReLU is the cheaper activation on ONNX Runtime: the sub-space's cheapest point is the space's.
+    assert check_reachable(relu_only, [budget], 128, 512)["host-ort"][0] == \
+        pytest.approx(check_reachable(MFN_SPACE, [budget], 128, 512)["host-ort"][0])
+    with pytest.raises(EdgefrError, match=r"--activations: swish; expected a comma-separated subset of relu, prelu"):
+        MFN_SPACE.with_activations(("relu", "swish"))
 
 
 def test_several_devices_need_one_binding_budget_and_none_below_its_range(ort):
     int8 = LatencyPredictor(load_device_table(resolve_device("host-tflite-int8")))
-    on_ort = lambda ms: Budget("host-ort", ms, lambda a: ort.predict(a).total_ms)  # noqa: E731
-    on_int8 = lambda ms: Budget("host-tflite-int8", ms, lambda a: int8.predict(a).total_ms)  # noqa: E731
+    on_ort = lambda ms: Budget("host-ort", ms, ort)  # noqa: E731
+    on_int8 = lambda ms: Budget("host-tflite-int8", ms, int8)  # noqa: E731
     ort_range = check_reachable(MFN_SPACE, [on_ort(5.0)], 128, 512)["host-ort"]
     int8_range = check_reachable(MFN_SPACE, [on_int8(2.0)], 128, 512)["host-tflite-int8"]
     # Above int8's largest network, but ORT binds: one student for both is well posed.
@@ -116,6 +134,11 @@ def test_cli_unreachable_budget_is_a_one_line_error_with_the_range():
 def test_cli_missing_data_folder_is_a_one_line_error(tmp_path):
     assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--data", str(tmp_path / "nowhere")),
                           "nowhere")
+
+
+def test_cli_unknown_activation_is_a_one_line_error():
+    assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--activations", "relu,gelu", "--no-train"),
+                          "--activations: gelu; expected a comma-separated subset of relu, prelu")
 
 
 def tiny_search(out, faces, *extra):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from edgefr.errors import EdgefrError
+from edgefr.latency import LatencyPredictor
 from edgefr.space.arch import Arch, Stage
 from edgefr.space.searchspace import SearchSpace
 
@@ -27,7 +28,11 @@ TARGET_BAND = (0.91, 0.97)  # where the fit aims the prediction, inside the wind
 class Budget:
     device: str
     budget_ms: float
-    predict: Callable[[Arch], float]  # calibrated LUT prediction in ms
+    predictor: LatencyPredictor  # the device's calibrated LUT
+
+    def predict(self, arch: Arch) -> float:
+        """The calibrated whole-net prediction of `arch` on this budget's device, in ms."""
+        return self.predictor.predict(arch).total_ms
 
 
 def neighbours(space: SearchSpace, arch: Arch, preferred: Callable[[int, int], object]) -> list[tuple[str, Arch]]:

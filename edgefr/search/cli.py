@@ -42,13 +42,15 @@ def ensure_table(device_name: str, log) -> None:
 @click.option("--distill-minutes", default=8.0, show_default=True, type=click.FloatRange(min=0),
               help="Time box for those epochs' training steps on this machine (0: none); the LR schedule spans the "
                    "steps that fit.")
+@click.option("--activations", default="relu,prelu", show_default=True,
+              help="Activations the student's blocks may use (comma-separated subset of relu,prelu).")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
 @click.option("--max-images", type=int, help="Use at most this many training images (whole identities).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs,
-                   distill_minutes, embedding, max_images, seed, no_train, resume) -> None:
+                   distill_minutes, activations, embedding, max_images, seed, no_train, resume) -> None:
     """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
 
     \b
@@ -58,13 +60,16 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
     from edgefr.distill.cli import default_data
     from edgefr.distill.losses import parse_methods
     from edgefr.search import SearchConfig, run_pipeline
+    from edgefr.space import MFN_SPACE
 
+    activations = tuple(a.strip() for a in activations.split(",") if a.strip())
+    MFN_SPACE.with_activations(activations)  # a bad --activations fails before any profiling
     for device in devices:
         ensure_table(device, click.echo)
     data = data or default_data()
     out = out or Path("runs") / f"search-{'-'.join(f'{b:g}' for b in budgets)}ms"
     config = SearchConfig(devices=tuple(devices), budgets_ms=tuple(budgets), methods=parse_methods(kd), steps=steps,
-                          warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding),
+                          warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding), activations=activations,
                           seed=seed, max_images=max_images,
                           checkpoint_every=max(1, min(20, steps // 4)))  # at least 4 checkpoints per search
     summary = run_pipeline(config, teacher, data, out, train=not no_train, distill_epochs=distill_epochs,

@@ -12,7 +12,7 @@ from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_networks
 from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
-from edgefr.space import MFN_SPACE, count_flops, count_params, create_model, load_arch_file
+from edgefr.space import count_flops, count_params, create_model, load_arch_file
 
 MEASURE_ROUNDS = 6
 # Each round fits one candidate per aim (corrected prediction / budget, +- AIM_HALF_WIDTH) and measures them together.
@@ -58,12 +58,13 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
     near the architecture it was measured on), and measures them together in one agent call. The result is the most
     probable measured candidate inside the window (away from its edges if one is); failing that, the one closest to
     the budget from below."""
+    space = supernet.space
     alpha = {k: v.detach().clone() for k, v in supernet.alpha.items()}
     log_prob = supernet.frozen_log_prob()
     budget_ms = {b.device: b.budget_ms for b in budgets}
 
     def preferred(stage: int, layer: int):
-        return MFN_SPACE.stages[stage].candidates[int(alpha[f"layers{stage}"][layer].argmax())]
+        return space.stages[stage].candidates[int(alpha[f"layers{stage}"][layer].argmax())]
 
     measured: dict[str, _Candidate] = {}
     rounds, used_bases = [], set()
@@ -71,7 +72,7 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
     for round_index in range(MEASURE_ROUNDS):
         proposals: dict[str, _Candidate] = {}
         for aim in CANDIDATE_AIMS:
-            arch, moves = fit_to_budget(MFN_SPACE, base, budgets, log_prob, preferred, corrections,
+            arch, moves = fit_to_budget(space, base, budgets, log_prob, preferred, corrections,
                                         band=(aim - AIM_HALF_WIDTH, aim + AIM_HALF_WIDTH))
             key = arch.to_json()
             if key not in measured and key not in proposals:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgefr.errors import EdgefrError
 from edgefr.space.arch import Arch, LayerChoice, Stage
@@ -72,6 +72,18 @@ class SearchSpace:
         if arch.embedding not in self.embeddings:
             fail("embedding", arch.embedding, self.embeddings)
         return arch
+
+    def with_activations(self, activations: tuple[str, ...]) -> SearchSpace:
+        """The sub-space whose blocks, stem and head use only `activations` (same name: a subset of the space's
+        blocks, so the space's latency tables cover it)."""
+        unknown = sorted(set(activations) - set(self.stem_acts))
+        if unknown or not activations:
+            raise EdgefrError(f"--activations: {', '.join(unknown) or 'none given'}; expected a comma-separated "
+                              f"subset of {', '.join(self.stem_acts)}")
+        keep = tuple(a for a in self.stem_acts if a in activations)
+        return replace(self, stem_acts=keep, head_acts=tuple(a for a in self.head_acts if a in activations),
+                       stages=tuple(replace(stage, candidates=tuple(c for c in stage.candidates if c.act in keep))
+                                    for stage in self.stages))
 
     def stage_input_widths(self, index: int) -> tuple[int, ...]:
         """Widths that can enter stage `index` (stage 0 is fed by the stem at its own width)."""
