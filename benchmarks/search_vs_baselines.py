@@ -189,18 +189,20 @@ def format_differences(rows: list[dict]) -> str:
 @click.option("--data", help="Training faces [$EDGEFR_DATA or ../shared/faces/celeba].")
 @click.option("--kd", default="proxyless,mimic", help="KD objective guiding the search.")
 @click.option("--steps", default=300, help="Search steps.")
+@click.option("--activations", default="relu,prelu", show_default=True,
+              help="Activations the searched students may use (edgefr search --activations).")
 @click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
 @click.option("--distill-minutes", default=8.0, help="Distillation time box per student on this host (0: none).")
 @click.option("--train-elsewhere", is_flag=True, help="Stop after the searches; write OUT/train/ for a GPU machine.")
 @click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path), multiple=True,
               help="Evaluate the students train.sh wrote here instead of training them; repeat once per seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
-def main(runs, teacher, data, kd, steps, epochs, distill_minutes, train_elsewhere, students, out) -> None:
+def main(runs, teacher, data, kd, steps, activations, epochs, distill_minutes, train_elsewhere, students, out) -> None:
     data = data or default_data()
     plan = []
     for device_name, budget in map(parse_run, runs):
         config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")), steps=steps,
-                              checkpoint_every=max(1, min(20, steps // 4)))
+                              activations=tuple(activations.split(",")), checkpoint_every=max(1, min(20, steps // 4)))
         plan.append(search_and_match(device_name, budget, config, teacher, data,
                                      out / run_name(device_name, budget)))
     if train_elsewhere:
