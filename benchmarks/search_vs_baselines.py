@@ -37,6 +37,7 @@ from edgefr.distill.cli import default_data
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
+from edgefr.search.cli import split_list
 from edgefr.search.pipeline import evaluate_student
 from edgefr.space import count_flops, count_params, scaled_mobilefacenet
 from edgefr.space.checkpoint import load_student
@@ -189,20 +190,24 @@ def format_differences(rows: list[dict]) -> str:
 @click.option("--data", help="Training faces [$EDGEFR_DATA or ../shared/faces/celeba].")
 @click.option("--kd", default="proxyless,mimic", help="KD objective guiding the search.")
 @click.option("--steps", default=300, help="Search steps.")
-@click.option("--activations", default="relu,prelu", show_default=True,
-              help="Activations the searched students may use (edgefr search --activations).")
+@click.option("--activations", help="Activations the searched students may use (as edgefr search).")
+@click.option("--kernels", help="Kernel sizes they may use (as edgefr search).")
+@click.option("--expansions", help="Expansions they may use (as edgefr search).")
 @click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
 @click.option("--distill-minutes", default=8.0, help="Distillation time box per student on this host (0: none).")
 @click.option("--train-elsewhere", is_flag=True, help="Stop after the searches; write OUT/train/ for a GPU machine.")
 @click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path), multiple=True,
               help="Evaluate the students train.sh wrote here instead of training them; repeat once per seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
-def main(runs, teacher, data, kd, steps, activations, epochs, distill_minutes, train_elsewhere, students, out) -> None:
+def main(runs, teacher, data, kd, steps, activations, kernels, expansions, epochs, distill_minutes, train_elsewhere, students, out) -> None:
     data = data or default_data()
+    choices = {"activations": split_list("--activations", activations, str),
+               "kernels": split_list("--kernels", kernels, int),
+               "expansions": split_list("--expansions", expansions, int)}
     plan = []
     for device_name, budget in map(parse_run, runs):
         config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")), steps=steps,
-                              activations=tuple(activations.split(",")), checkpoint_every=max(1, min(20, steps // 4)))
+                              checkpoint_every=max(1, min(20, steps // 4)), **choices)
         plan.append(search_and_match(device_name, budget, config, teacher, data,
                                      out / run_name(device_name, budget)))
     if train_elsewhere:

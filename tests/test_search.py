@@ -93,23 +93,30 @@ def test_budget_fit_lands_in_the_band_and_unreachable_budgets_state_the_range(or
         check_reachable(MFN_SPACE, [Budget("host-ort", high * 1.2, ort)], 128, 512)
 
 
-def test_an_activation_subspace_samples_and_fits_only_those_activations(ort):
-    relu_only = MFN_SPACE.with_activations(("relu",))
-    acts = lambda a: {a.stem_act, a.head_act} | {l.act for s in a.stages for l in s.layers}  # noqa: E731
-    net = SuperNet(relu_only, 128)
+def test_a_restricted_space_samples_and_fits_only_its_choices(ort):
+    """--activations relu --kernels 3 --expansions 2: the search decides widths and depths (and dw vs ir at 56x56)."""
+    narrow = MFN_SPACE.restricted(activations=("relu",), kernels=(3,), expansions=(2,))
+    layers = lambda a: [l for s in a.stages for l in s.layers]  # noqa: E731
+    acts = lambda a: {a.stem_act, a.head_act} | {l.act for l in layers(a)}  # noqa: E731
+    net = SuperNet(narrow, 128)
     generator = torch.Generator().manual_seed(0)
     for _ in range(5):
         arch, _ = net.sample(generator)
         assert acts(arch) == {"relu"} and MFN_SPACE.validate(arch) is arch
+        assert {l.kernel for l in layers(arch)} == {3}
+        assert {l.expansion for l in layers(arch) if l.block == "ir"} == {2}
     budget = Budget("host-ort", 4.0, ort)
-    arch, moves = fit_to_budget(relu_only, net.derive(), [budget], net.frozen_log_prob(),
-                                lambda s, j: relu_only.stages[s].candidates[0])
-    assert acts(arch) == {"relu"} and 0.91 <= budget.predict(arch) / 4.0 <= 0.97, moves[-3:]
-    # ReLU is the cheaper activation on ONNX Runtime: the sub-space's cheapest point is the space's.
-    assert check_reachable(relu_only, [budget], 128, 512)["host-ort"][0] == \
+    arch, moves = fit_to_budget(narrow, net.derive(), [budget], net.frozen_log_prob(),
+                                lambda s, j: narrow.stages[s].candidates[0])
+    assert acts(arch) == {"relu"} and {l.kernel for l in layers(arch)} == {3}
+    assert 0.91 <= budget.predict(arch) / 4.0 <= 0.97, moves[-3:]
+    # ReLU, 3x3 and 2x are the cheap choices on ONNX Runtime: the sub-space's cheapest point is the space's.
+    assert check_reachable(narrow, [budget], 128, 512)["host-ort"][0] == \
         pytest.approx(check_reachable(MFN_SPACE, [budget], 128, 512)["host-ort"][0])
     with pytest.raises(EdgefrError, match=r"--activations: swish; expected a comma-separated subset of relu, prelu"):
-        MFN_SPACE.with_activations(("relu", "swish"))
+        MFN_SPACE.restricted(activations=("relu", "swish"))
+    with pytest.raises(EdgefrError, match=r"--kernels: 7; expected a comma-separated subset of 3, 5"):
+        MFN_SPACE.restricted(kernels=(7,))
 
 
 def test_several_devices_need_one_binding_budget_and_none_below_its_range(ort):
@@ -136,9 +143,13 @@ def test_cli_missing_data_folder_is_a_one_line_error(tmp_path):
                           "nowhere")
 
 
-def test_cli_unknown_activation_is_a_one_line_error():
+def test_cli_choices_outside_the_space_are_one_line_errors():
     assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--activations", "relu,gelu", "--no-train"),
                           "--activations: gelu; expected a comma-separated subset of relu, prelu")
+    assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--expansions", "2,x", "--no-train"),
+                          "--expansions '2,x': expected comma-separated int values")
+    assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--expansions", "6", "--no-train"),
+                          "--expansions: 6; expected a comma-separated subset of 2, 4")
 
 
 def tiny_search(out, faces, *extra):

@@ -26,6 +26,18 @@ def ensure_table(device_name: str, log) -> None:
     profile_device(device, MFN_SPACE, table_path(device.table_name), log=log)
 
 
+def split_list(flag: str, text: str | None, kind: type) -> tuple | None:
+    """A comma-separated option value as a tuple of `kind` (None when the option is not given)."""
+    from edgefr.errors import EdgefrError
+
+    if text is None:
+        return None
+    try:
+        return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise EdgefrError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+
+
 @click.command("search")
 @click.option("--latency-ms", "budgets", type=float, multiple=True, required=True,
               help="Latency budget in ms (one, or one per --device).")
@@ -42,15 +54,16 @@ def ensure_table(device_name: str, log) -> None:
 @click.option("--distill-minutes", default=8.0, show_default=True, type=click.FloatRange(min=0),
               help="Time box for those epochs' training steps on this machine (0: none); the LR schedule spans the "
                    "steps that fit.")
-@click.option("--activations", default="relu,prelu", show_default=True,
-              help="Activations the student's blocks may use (comma-separated subset of relu,prelu).")
+@click.option("--activations", help="Activations the student may use, comma-separated [all: relu,prelu].")
+@click.option("--kernels", help="Depthwise kernel sizes its blocks may use [all: 3,5].")
+@click.option("--expansions", help="Expansions its inverted residuals may use [all: 2,4].")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
 @click.option("--max-images", type=int, help="Use at most this many training images (whole identities).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs,
-                   distill_minutes, activations, embedding, max_images, seed, no_train, resume) -> None:
+                   distill_minutes, activations, kernels, expansions, embedding, max_images, seed, no_train, resume) -> None:
     """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
 
     \b
@@ -62,15 +75,17 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
     from edgefr.search import SearchConfig, run_pipeline
     from edgefr.space import MFN_SPACE
 
-    activations = tuple(a.strip() for a in activations.split(",") if a.strip())
-    MFN_SPACE.with_activations(activations)  # a bad --activations fails before any profiling
+    choices = {"activations": split_list("--activations", activations, str),
+               "kernels": split_list("--kernels", kernels, int),
+               "expansions": split_list("--expansions", expansions, int)}
+    MFN_SPACE.restricted(**choices)  # a bad choice fails before any profiling
     for device in devices:
         ensure_table(device, click.echo)
     data = data or default_data()
     out = out or Path("runs") / f"search-{'-'.join(f'{b:g}' for b in budgets)}ms"
     config = SearchConfig(devices=tuple(devices), budgets_ms=tuple(budgets), methods=parse_methods(kd), steps=steps,
-                          warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding), activations=activations,
-                          seed=seed, max_images=max_images,
+                          warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding),
+                          seed=seed, max_images=max_images, **choices,
                           checkpoint_every=max(1, min(20, steps // 4)))  # at least 4 checkpoints per search
     summary = run_pipeline(config, teacher, data, out, train=not no_train, distill_epochs=distill_epochs,
                            distill_minutes=distill_minutes or None, resume=resume, log=click.echo)

@@ -37,7 +37,6 @@ from edgefr.errors import EdgefrError
 from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table
 from edgefr.search.budget import Budget, check_reachable
 from edgefr.search.supernet import SuperNet
-from edgefr.space.blocks import ACTIVATIONS
 from edgefr.space.model import STUDENT_PREPROCESSING
 from edgefr.space.searchspace import MFN_SPACE, SearchSpace
 
@@ -58,9 +57,10 @@ class SearchConfig:
     target_ratio: float = 0.95  # E[lat] / budget the dual ascent aims at
     lambda_min: float = -1.0  # bound on the multiplier's reward side (see the module docstring)
     embedding: int = 128
-    # Which activations the blocks may use. The search's proxy (KD loss after a few hundred shared steps) prefers
-    # PReLU, which learns faster early; trained for 20 epochs it ends below ReLU (see README, *Search*).
-    activations: tuple[str, ...] = ACTIVATIONS
+    # The per-layer choices the search may make (None: all of the space's; see README, *Search*).
+    activations: tuple[str, ...] | None = None
+    kernels: tuple[int, ...] | None = None
+    expansions: tuple[int, ...] | None = None
     seed: int = 0
     val_fraction: float = 0.1
     max_images: int | None = None
@@ -136,7 +136,7 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
                progress: bool = True, log=print) -> tuple[SuperNet, SearchState, list[Budget], dict, dict]:
     """Search; returns the trained supernet, the final state, the budgets, the expected-latency modules and devices."""
     retain_freed_memory()
-    space = space.with_activations(config.activations)
+    space = space.restricted(config.activations, config.kernels, config.expansions)
     budgets, expected, devices = device_budgets(config, space)
     ranges = check_reachable(space, budgets, config.embedding, space.head_widths[0])
     for b in budgets:

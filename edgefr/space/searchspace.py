@@ -73,16 +73,27 @@ class SearchSpace:
             fail("embedding", arch.embedding, self.embeddings)
         return arch
 
-    def with_activations(self, activations: tuple[str, ...]) -> SearchSpace:
-        """The sub-space whose blocks, stem and head use only `activations` (same name: a subset of the space's
-        blocks, so the space's latency tables cover it)."""
-        unknown = sorted(set(activations) - set(self.stem_acts))
-        if unknown or not activations:
-            raise EdgefrError(f"--activations: {', '.join(unknown) or 'none given'}; expected a comma-separated "
-                              f"subset of {', '.join(self.stem_acts)}")
-        keep = tuple(a for a in self.stem_acts if a in activations)
-        return replace(self, stem_acts=keep, head_acts=tuple(a for a in self.head_acts if a in activations),
-                       stages=tuple(replace(stage, candidates=tuple(c for c in stage.candidates if c.act in keep))
+    def restricted(self, activations: tuple[str, ...] | None = None, kernels: tuple[int, ...] | None = None,
+                   expansions: tuple[int, ...] | None = None) -> SearchSpace:
+        """The sub-space whose blocks use only these activations, kernel sizes and expansions (None: all); the
+        activations apply to the stem and head too. Same name: its blocks are a subset of the space's, so the
+        space's latency tables cover it."""
+        def check(flag: str, given, allowed):
+            if given is None:
+                return tuple(allowed)
+            unknown = [str(v) for v in given if v not in allowed]
+            if unknown or not given:
+                raise EdgefrError(f"{flag}: {', '.join(unknown) or 'none given'}; expected a comma-separated subset "
+                                  f"of {', '.join(map(str, allowed))}")
+            return tuple(v for v in allowed if v in given)
+
+        candidates = [c for stage in self.stages for c in stage.candidates]
+        acts = check("--activations", activations, self.stem_acts)
+        kernels = check("--kernels", kernels, sorted({c.kernel for c in candidates}))
+        expansions = check("--expansions", expansions, sorted({c.expansion for c in candidates if c.block == "ir"}))
+        keep = lambda c: c.act in acts and c.kernel in kernels and (c.block != "ir" or c.expansion in expansions)  # noqa: E731
+        return replace(self, stem_acts=acts, head_acts=tuple(a for a in self.head_acts if a in acts),
+                       stages=tuple(replace(stage, candidates=tuple(filter(keep, stage.candidates)))
                                     for stage in self.stages))
 
     def stage_input_widths(self, index: int) -> tuple[int, ...]:
