@@ -37,7 +37,7 @@ from edgefr.distill.cli import default_data
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
-from edgefr.search.cli import split_list
+from edgefr.search.cli import layer_choices
 from edgefr.search.pipeline import evaluate_student
 from edgefr.space import count_flops, count_params, scaled_mobilefacenet
 from edgefr.space.checkpoint import load_student
@@ -199,11 +199,10 @@ def format_differences(rows: list[dict]) -> str:
 @click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path), multiple=True,
               help="Evaluate the students train.sh wrote here instead of training them; repeat once per seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
-def main(runs, teacher, data, kd, steps, activations, kernels, expansions, epochs, distill_minutes, train_elsewhere, students, out) -> None:
+def main(runs, teacher, data, kd, steps, activations, kernels, expansions, epochs, distill_minutes, train_elsewhere,
+         students, out) -> None:
     data = data or default_data()
-    choices = {"activations": split_list("--activations", activations, str),
-               "kernels": split_list("--kernels", kernels, int),
-               "expansions": split_list("--expansions", expansions, int)}
+    choices = layer_choices(activations, kernels, expansions)
     plan = []
     for device_name, budget in map(parse_run, runs):
         config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")), steps=steps,

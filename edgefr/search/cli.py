@@ -26,7 +26,7 @@ def ensure_table(device_name: str, log) -> None:
     profile_device(device, MFN_SPACE, table_path(device.table_name), log=log)
 
 
-def split_list(flag: str, text: str | None, kind: type) -> tuple | None:
+def _split(flag: str, text: str | None, kind: type) -> tuple | None:
     """A comma-separated option value as a tuple of `kind` (None when the option is not given)."""
     from edgefr.errors import EdgefrError
 
@@ -36,6 +36,18 @@ def split_list(flag: str, text: str | None, kind: type) -> tuple | None:
         return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
     except ValueError:
         raise EdgefrError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+
+
+def layer_choices(activations: str | None, kernels: str | None, expansions: str | None) -> dict:
+    """--activations/--kernels/--expansions as `SearchConfig` fields, checked against the space (one-line errors
+    before any profiling or search)."""
+    from edgefr.space import MFN_SPACE
+
+    choices = {"activations": _split("--activations", activations, str),
+               "kernels": _split("--kernels", kernels, int),
+               "expansions": _split("--expansions", expansions, int)}
+    MFN_SPACE.restricted(**choices)
+    return choices
 
 
 @click.command("search")
@@ -63,7 +75,8 @@ def split_list(flag: str, text: str | None, kind: type) -> tuple | None:
 @click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs,
-                   distill_minutes, activations, kernels, expansions, embedding, max_images, seed, no_train, resume) -> None:
+                   distill_minutes, activations, kernels, expansions, embedding, max_images, seed, no_train,
+                   resume) -> None:
     """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
 
     \b
@@ -73,12 +86,8 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
     from edgefr.distill.cli import default_data
     from edgefr.distill.losses import parse_methods
     from edgefr.search import SearchConfig, run_pipeline
-    from edgefr.space import MFN_SPACE
 
-    choices = {"activations": split_list("--activations", activations, str),
-               "kernels": split_list("--kernels", kernels, int),
-               "expansions": split_list("--expansions", expansions, int)}
-    MFN_SPACE.restricted(**choices)  # a bad choice fails before any profiling
+    choices = layer_choices(activations, kernels, expansions)
     for device in devices:
         ensure_table(device, click.echo)
     data = data or default_data()

@@ -91,7 +91,9 @@ class SearchSpace:
         acts = check("--activations", activations, self.stem_acts)
         kernels = check("--kernels", kernels, sorted({c.kernel for c in candidates}))
         expansions = check("--expansions", expansions, sorted({c.expansion for c in candidates if c.block == "ir"}))
-        keep = lambda c: c.act in acts and c.kernel in kernels and (c.block != "ir" or c.expansion in expansions)  # noqa: E731
+        def keep(c: LayerChoice) -> bool:
+            return c.act in acts and c.kernel in kernels and (c.block != "ir" or c.expansion in expansions)
+
         return replace(self, stem_acts=acts, head_acts=tuple(a for a in self.head_acts if a in acts),
                        stages=tuple(replace(stage, candidates=tuple(filter(keep, stage.candidates)))
                                     for stage in self.stages))
