@@ -15,13 +15,15 @@ from pathlib import Path
 
 import click
 
+from edgefr.cli import EdgefrCommand
+
 DEFAULT_METHODS = ("none", "mimic", "proxyless", "neuron", "proxyless,mimic")
 # Runs beyond the --kd values: (label, --kd, distill options). Pure embedding regression is the short-run recipe
 # the tests rely on; it earns a row.
 EXTRA_RUNS = (("mimic, margin weight 0", "mimic", {"margin_weight": 0.0}),)
 
 
-@click.command()
+@click.command(cls=EdgefrCommand)
 @click.option("--arch", default="mobilefacenet", show_default=True)
 @click.option("--teacher", default="sface", show_default=True)
 @click.option("--data", default=None, help="Training ImageFolder [default: ../shared/faces/celeba].")

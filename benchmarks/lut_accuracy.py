@@ -25,6 +25,7 @@ import click
 import numpy as np
 from scipy.stats import kendalltau
 
+from edgefr.cli import EdgefrCommand
 from edgefr.devices import resolve_device
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.models import ModelFileCache
@@ -53,7 +54,7 @@ def test_retest_mape(runs: list[np.ndarray]) -> float:
     return 100 * float(np.mean([np.mean(np.abs(a - b) / b) for a, b in pairs]))
 
 
-@click.command()
+@click.command(cls=EdgefrCommand)
 @click.option("--device", "devices", multiple=True, default=["host-ort", "host-tflite", "host-tflite-int8"])
 @click.option("--n", default=40, show_default=True, help="Random architectures per device.")
 @click.option("--seed", default=2024, show_default=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import click
 
+from edgefr.cli import EdgefrCommand
 from edgefr.devices import resolve_device
 from edgefr.distill import SHORT_RUN_RECIPE, distill
 from edgefr.distill.cli import default_data
@@ -183,7 +184,7 @@ def format_differences(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@click.command()
+@click.command(cls=EdgefrCommand)
 @click.option("--run", "runs", multiple=True, default=DEFAULT_RUNS, show_default=True,
               help="DEVICE:BUDGET_MS, repeatable.")
 @click.option("--teacher", default="sface")

@@ -11,18 +11,31 @@ from edgefr import __version__
 from edgefr.errors import EdgefrError
 
 
+def invoke_reporting_errors(invoke, ctx: click.Context):
+    """Run a click command's invoke, turning expected failures into one-line errors (exit 2) and Ctrl-C into a
+    short note (exit 130)."""
+    try:
+        return invoke(ctx)
+    except EdgefrError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: checkpoints written so far are kept; rerun with --resume to continue", err=True)
+        sys.exit(130)
+
+
 class EdgefrGroup(click.Group):
-    """Turns expected failures into one-line errors (exit 2) and Ctrl-C into a short note (exit 130)."""
+    """The `edgefr` group: its subcommands' expected failures are one-line errors."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EdgefrError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted: checkpoints written so far are kept; rerun with --resume to continue", err=True)
-            sys.exit(130)
+        return invoke_reporting_errors(super().invoke, ctx)
+
+
+class EdgefrCommand(click.Command):
+    """A standalone command (the benchmarks) whose expected failures are one-line errors, as in `edgefr`."""
+
+    def invoke(self, ctx: click.Context):
+        return invoke_reporting_errors(super().invoke, ctx)
 
 
 @click.group(cls=EdgefrGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

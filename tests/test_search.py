@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +151,14 @@ def test_cli_choices_outside_the_space_are_one_line_errors():
                           "--expansions '2,x': expected comma-separated int values")
     assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--expansions", "6", "--no-train"),
                           "--expansions: 6; expected a comma-separated subset of 2, 4")
+
+
+def test_benchmark_out_of_range_budget_is_a_one_line_error(tmp_path):
+    """The benchmarks report expected failures like `edgefr` does: the restricted sub-space cannot reach 7 ms."""
+    result = subprocess.run([sys.executable, "benchmarks/search_vs_baselines.py", "--run", "host-ort:7",
+                             "--activations", "relu", "--kernels", "3", "--expansions", "2", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert_one_line_error(result, "--latency-ms 7 is not reachable on host-ort", "ms there (predicted)")
 
 
 def tiny_search(out, faces, *extra):
