@@ -17,10 +17,12 @@ folder (the arch JSONs and `train.sh`, one `python -m edgefr distill` per studen
 per seed (`train.sh DATA S1 --seed 1`); given several `--students` folders, the table shows the mean and std over
 seeds and a second table the searched-minus-baseline difference of each seed (same seed, same data order).
 Each evaluation is kept beside its checkpoint (`best.eval.json`), so an interrupted evaluation resumes.
+Each run's search is kept too (OUT/RUN/plan.json) and reused only by a rerun with the same search options.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -35,6 +37,7 @@ from edgefr.cli import EdgefrCommand
 from edgefr.devices import resolve_device
 from edgefr.distill import SHORT_RUN_RECIPE, distill
 from edgefr.distill.cli import default_data
+from edgefr.errors import EdgefrError
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
@@ -68,10 +71,25 @@ def parse_run(text: str) -> tuple[str, float]:
         raise click.BadParameter(f"{text!r}: expected DEVICE:MILLISECONDS, e.g. host-ort:4") from None
 
 
+def check_searched_alike(run: Path, config: SearchConfig) -> None:
+    """A kept plan is reused only if its search ran with `config` (a field an older report lacks had its default):
+    rerunning with, say, other --activations into the same --out must not silently reuse the old searches."""
+    recorded = json.loads((run / "report.json").read_text())["search"]["config"]
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    # Through JSON, so tuples compare as the report's lists.
+    recorded = json.loads(json.dumps({**defaults, **recorded}))
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    differing = [name for name, value in wanted.items() if recorded.get(name) != value]
+    if differing:
+        raise EdgefrError(f"{run}: searched with other settings ({', '.join(differing)}); "
+                          "use another --out or the same options")
+
+
 def search_and_match(device_name: str, budget: float, config: SearchConfig, teacher, data, run: Path) -> dict:
     """Search (or resume) one run and pick its baseline; returns the run's plan entry (kept in run/plan.json)."""
     plan_path = run / "plan.json"
     if plan_path.is_file():
+        check_searched_alike(run, config)
         return json.loads(plan_path.read_text())
     started = time.perf_counter()
     summary = run_pipeline(config, teacher, data, run, train=False, resume=(run / "search_state.pt").is_file())

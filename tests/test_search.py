@@ -153,12 +153,34 @@ def test_cli_choices_outside_the_space_are_one_line_errors():
                           "--expansions: 6; expected a comma-separated subset of 2, 4")
 
 
+def run_search_vs_baselines(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "benchmarks/search_vs_baselines.py", *args], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).parent.parent)
+
+
 def test_benchmark_out_of_range_budget_is_a_one_line_error(tmp_path):
     """The benchmarks report expected failures like `edgefr` does: the restricted sub-space cannot reach 7 ms."""
-    result = subprocess.run([sys.executable, "benchmarks/search_vs_baselines.py", "--run", "host-ort:7",
-                             "--activations", "relu", "--kernels", "3", "--expansions", "2", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    result = run_search_vs_baselines("--run", "host-ort:7", "--activations", "relu", "--kernels", "3",
+                                     "--expansions", "2", "--out", str(tmp_path))
     assert_one_line_error(result, "--latency-ms 7 is not reachable on host-ort", "ms there (predicted)")
+
+
+def test_benchmark_does_not_reuse_a_plan_searched_with_other_options(tmp_path):
+    """A run folder holding a plan of a whole-space search (its report's config, written before the layer
+    choices existed) is not reused by a rerun with --activations relu."""
+    run = tmp_path / "host-ort-4ms"
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps({"device": "host-ort", "budget_ms": 4.0, "students": {}}))
+    config = {"devices": ["host-ort"], "budgets_ms": [4.0], "methods": ["proxyless", "mimic"], "steps": 300,
+              "warmup_steps": 60, "batch_size": 32, "lr": 0.002, "arch_lr": 0.05, "lambda_lr": 0.5,
+              "target_ratio": 0.95, "lambda_min": -1.0, "embedding": 128, "seed": 0, "val_fraction": 0.1,
+              "max_images": None, "checkpoint_every": 20, "log_every": 5}
+    (run / "report.json").write_text(json.dumps({"search": {"config": config}}))
+    result = run_search_vs_baselines("--run", "host-ort:4", "--activations", "relu", "--train-elsewhere",
+                                     "--out", str(tmp_path))
+    assert_one_line_error(result, f"{run}: searched with other settings (activations)")
+    # The same options as the kept search reuse its plan.
+    assert run_search_vs_baselines("--run", "host-ort:4", "--train-elsewhere", "--out", str(tmp_path)).returncode == 0
 
 
 def tiny_search(out, faces, *extra):
