@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,21 +126,34 @@ class CountingTeacher:
 
 
 def test_cached_embeddings_compute_once_and_follow_the_data(small_imagefolder, tmp_path):
-    dataset = ImageFolderFaces(small_imagefolder, max_per_class=2)
+    faces = tmp_path / "faces"
+    shutil.copytree(small_imagefolder, faces)
+    dataset = ImageFolderFaces(faces, max_per_class=2)
     teacher = CountingTeacher(load_teacher("sface"))
-    centre = cached_embeddings(teacher, dataset, "center", cache_dir=tmp_path)
+    cache = tmp_path / "cache"
+    centre = cached_embeddings(teacher, dataset, "center", cache_dir=cache)
     assert centre.shape == (12, 128) and centre.dtype == np.float32 and teacher.images == 12
-    np.testing.assert_array_equal(cached_embeddings(teacher, dataset, "center", cache_dir=tmp_path), centre)
+    np.testing.assert_array_equal(cached_embeddings(teacher, dataset, "center", cache_dir=cache), centre)
     assert teacher.images == 12  # second call: read from disk
-    flipped = cached_embeddings(teacher, dataset, "flip", cache_dir=tmp_path)
+    flipped = cached_embeddings(teacher, dataset, "flip", cache_dir=cache)
     np.testing.assert_allclose(flipped[3], teacher.teacher.embed(dataset.image(3)[None, :, ::-1].copy())[0], atol=1e-4)
-    # Touching a file (new mtime) invalidates the cache.
+    assert teacher.images == 24
+    # The cache follows the faces, not their files' times or place: a touched file or a moved copy still hits it.
     path = dataset.samples[0][0]
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
-    cached_embeddings(teacher, dataset, "center", cache_dir=tmp_path)
+    moved = tmp_path / "moved"
+    shutil.copytree(faces, moved)
+    np.testing.assert_array_equal(cached_embeddings(teacher, ImageFolderFaces(moved, max_per_class=2), "center",
+                                                    cache_dir=cache), centre)
+    assert teacher.images == 24
+    # Another face under the same name misses it, and its row changes.
+    Path(path).write_bytes(Path(dataset.samples[2][0]).read_bytes())
+    recomputed = cached_embeddings(teacher, dataset, "center", cache_dir=cache)
     assert teacher.images == 36
+    np.testing.assert_allclose(recomputed[0], centre[2], atol=1e-5)
+    np.testing.assert_allclose(recomputed[1:], centre[1:], atol=1e-5)
     with pytest.raises(EdgefrError, match="--view"):
-        cached_embeddings(teacher, dataset, "left", cache_dir=tmp_path)
+        cached_embeddings(teacher, dataset, "left", cache_dir=cache)
 
 
 @needs_lfw

@@ -7,6 +7,7 @@ stop a training run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,12 +152,12 @@ class ImageFolderFaces(Dataset):
         raise EdgefrError(f"{self.root}: none of the {len(self.samples)} images could be decoded")
 
     def data_signature(self) -> list:
-        """What identifies this data for caches: every file (absolute path) with its size and modification time."""
-        signature = []
-        for path, label in self.samples:
-            stat = Path(path).stat()
-            signature.append((str(Path(path).absolute()), label, stat.st_size, stat.st_mtime_ns))
-        return signature
+        """What identifies this data for caches: every file's path under the root, label and content digest.
+
+        By content, not modification time: a copy, a re-sync or a re-mount of the same faces keeps its cache
+        (hashing is ~0.1 ms per face image, against the teacher's ~10 ms to embed it)."""
+        return [(Path(path).relative_to(self.root).as_posix(), label,
+                 hashlib.sha256(Path(path).read_bytes()).hexdigest()) for path, label in self.samples]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image, label, position = self.load(index)
