@@ -184,9 +184,10 @@ def format_table(rows: list[dict], title: str) -> str:
 
 
 def format_differences(rows: list[dict]) -> str:
-    """Searched minus baseline per run, paired by seed: mean +- std over seeds and how many seeds it won."""
-    lines = ["Searched minus baseline, paired by training seed (pp; mean +- std over seeds, seeds won)", "",
-             "| device | budget ms | baseline | LFW | CelebA |", "|---|---|---|---|---|"]
+    """Searched minus baseline per run, paired by seed: mean +- std over seeds and how many seeds it won (one seed
+    has no spread over seeds, so none is printed rather than a +- 0.00 that would read as certainty)."""
+    lines = ["Searched minus baseline, paired by training seed (pp; mean +- std over seeds if several; seeds won)",
+             "", "| device | budget ms | baseline | LFW | CelebA |", "|---|---|---|---|---|"]
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
         runs.setdefault((r["device"], r["budget_ms"]), []).append(r)
@@ -196,8 +197,8 @@ def format_differences(rows: list[dict]) -> str:
             cells = []
             for key in ("lfw_seeds", "celeba_seeds"):
                 diffs = [a - b for a, b in zip(searched[key], baseline[key])]
-                cells.append(f"{statistics.fmean(diffs):+.2f} +- {spread(diffs, 0.0):.2f} "
-                             f"({sum(d > 0 for d in diffs)}/{len(diffs)})")
+                spread_text = f" +- {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+                cells.append(f"{statistics.fmean(diffs):+.2f}{spread_text} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
             lines.append(f"| {device} | {budget:g} | {baseline['model']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 

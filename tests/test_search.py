@@ -183,6 +183,20 @@ def test_benchmark_does_not_reuse_a_plan_searched_with_other_options(tmp_path):
     assert run_search_vs_baselines("--run", "host-ort:4", "--train-elsewhere", "--out", str(tmp_path)).returncode == 0
 
 
+def test_benchmark_pairs_seeds_and_claims_no_spread_from_one_seed():
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from search_vs_baselines import format_differences
+
+    def rows(searched_lfw, baseline_lfw):
+        return [{"device": "host-ort", "budget_ms": 4.0, "model": model, "lfw_seeds": lfw, "celeba_seeds": lfw}
+                for model, lfw in (("searched", searched_lfw), ("mobilefacenet_w1.25_d1.25_relu", baseline_lfw))]
+
+    two_seeds = format_differences(rows([83.0, 82.0], [81.0, 82.5])).splitlines()[-1]
+    assert two_seeds == "| host-ort | 4 | mobilefacenet_w1.25_d1.25_relu | +0.75 +- 1.77 (1/2) | +0.75 +- 1.77 (1/2) |"
+    one_seed = format_differences(rows([81.8], [82.88])).splitlines()[-1]
+    assert one_seed == "| host-ort | 4 | mobilefacenet_w1.25_d1.25_relu | -1.08 (0/1) | -1.08 (0/1) |"
+
+
 def tiny_search(out, faces, *extra):
     return [sys.executable, "-m", "edgefr.cli", "search", "--latency-ms", "3", "--device", "host-ort", "--data",
             str(faces), "--out", str(out), "--steps", "8", "--warmup-steps", "2", "--batch-size", "8",
