@@ -341,10 +341,10 @@ import resource, sys, torch
 from edgefr.distill.allocator import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
-torch.ones(64 << 20)  # 256 MiB, allocated and freed once before counting
+torch.ones(16 << 20)  # 64 MiB, allocated and freed once before counting
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    torch.ones(64 << 20)
+for _ in range(16):
+    torch.ones(16 << 20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -356,7 +356,10 @@ def test_retained_memory_spares_the_page_faults_of_large_training_buffers():
                              check=True)
         return int(out.stdout.split()[-1])
 
-    # 4 x 256 MiB = 262144 pages of 4 KiB: glibc maps and faults them in afresh each time unless told to retain
-    # (measured: 262148 faults, retained 65536, i.e. at most one buffer's worth of heap growth).
-    assert faults("default") > 200_000
-    assert faults("retain") < 100_000
+    # 16 "steps" of a 64 MiB buffer (16384 pages of 4 KiB): glibc maps and faults each one in afresh unless told
+    # to retain (measured: 262160 faults). Retained, the heap may still grow by a buffer once or twice while the
+    # interpreter's small allocations take the freed chunk's edges (measured: 16384; twice that in one CI run),
+    # but the count no longer grows with the number of steps.
+    buffer_pages = 16384
+    assert faults("default") > 15 * buffer_pages
+    assert faults("retain") <= 4 * buffer_pages
