@@ -23,7 +23,6 @@ Each run's search is kept too (OUT/RUN/plan.json) and reused only by a rerun wit
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import shlex
@@ -35,6 +34,7 @@ import click
 
 from edgefr.cli import EdgefrCommand
 from edgefr.devices import resolve_device
+from edgefr.digests import file_sha256
 from edgefr.distill import SHORT_RUN_RECIPE, distill
 from edgefr.distill.cli import default_data
 from edgefr.errors import EdgefrError
@@ -141,7 +141,7 @@ def evaluated(checkpoint: Path) -> dict:
     """evaluate_student of a checkpoint, kept beside it (keyed by the checkpoint's digest) so reruns are free."""
     if not checkpoint.is_file():
         raise click.ClickException(f"{checkpoint}: no such student checkpoint (did train.sh finish it?)")
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    digest = file_sha256(checkpoint)
     kept = checkpoint.with_suffix(".eval.json")
     if kept.is_file():
         record = json.loads(kept.read_text())

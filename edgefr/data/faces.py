@@ -7,7 +7,6 @@ stop a training run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from edgefr.digests import file_sha256
 from edgefr.errors import EdgefrError
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def file_digest(path: str) -> str:
     stat = Path(path).stat()
     key = (path, stat.st_size, stat.st_mtime_ns)
     if key not in _digests:
-        _digests[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        _digests[key] = file_sha256(path)
     return _digests[key]
 
 

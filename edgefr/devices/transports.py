@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from pathlib import Path
 from typing import Callable, Protocol
 
 from edgefr.devices import agent
 from edgefr.devices.spec import Device
+from edgefr.digests import file_sha256
 from edgefr.errors import EdgefrError
 
 ProgressFn = Callable[[int, int], None]
@@ -29,9 +29,7 @@ def agent_job(device: Device, models: dict[str, str], seed: int) -> dict:
 def content_addressed_name(path: Path, prefix: str = "") -> str:
     """PREFIX + the first 16 hex digits of the file's sha256 + its suffix: one name per content, so equal names on
     the device mean equal files (size and bytes) and nothing is uploaded twice."""
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return f"{prefix}{digest[:16]}{path.suffix}"
+    return f"{prefix}{file_sha256(path)[:16]}{path.suffix}"
 
 
 def rename_uploads(names: list[str]) -> list[str]:

@@ -155,8 +155,8 @@ def load_batch1_onnx_embedder(path: Path):
     import onnx
     import onnxruntime as ort
 
+    from edgefr.digests import file_sha256
     from edgefr.teachers import Teacher
-    from edgefr.teachers.base import file_sha256
     from edgefr.teachers.preprocessing import resolve_preprocessing
 
     metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -170,9 +170,10 @@ def load_batch1_onnx_embedder(path: Path):
 
 def load_coreml_embedder(path: Path):
     """Adapter (edgefr.verify loads no Core ML): the emulated mlprogram behind the Teacher interface."""
+    from edgefr.digests import file_sha256
     from edgefr.export.coreml_mil import MilExecutor, load_mil_program
     from edgefr.teachers import Teacher
-    from edgefr.teachers.base import file_sha256, probe_embedding_dim
+    from edgefr.teachers.base import probe_embedding_dim
     from edgefr.teachers.preprocessing import resolve_preprocessing
 
     program, metadata = load_mil_program(path)

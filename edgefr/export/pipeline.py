@@ -169,7 +169,7 @@ class _Reference:
 
 def _export_one(model, arch, target: ExportTarget, options: ExportOptions, reference: _Reference,
                 calibration, log: Callable[[str], None]) -> dict:
-    from edgefr.teachers.base import file_sha256
+    from edgefr.digests import file_sha256
     from edgefr.verify import verify_pairs
 
     tolerances = load_tolerances(target.format, target.quantize, recipe_path(target.format, options.recipes))

@@ -3,7 +3,6 @@ input convention (see edgefr.teachers.preprocessing)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,14 +12,6 @@ from edgefr.errors import EdgefrError
 from edgefr.teachers.preprocessing import check_images, preprocess
 
 Forward = Callable[[np.ndarray], np.ndarray]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Teacher:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefr.digests import file_sha256
 from edgefr.errors import EdgefrError
 from edgefr.paths import cache_dir
-from edgefr.teachers.base import Teacher, file_sha256, probe_embedding_dim
+from edgefr.teachers.base import Teacher, probe_embedding_dim
 from edgefr.teachers.preprocessing import resolve_preprocessing
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgefr.digests import file_sha256
 from edgefr.errors import EdgefrError
-from edgefr.teachers.base import Teacher, file_sha256, probe_embedding_dim
+from edgefr.teachers.base import Teacher, probe_embedding_dim
 from edgefr.teachers.preprocessing import resolve_preprocessing
 
 # A TorchScript archive may carry the model's input convention as this extra file (JSON).

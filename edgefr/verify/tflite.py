@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefr.digests import file_sha256
 from edgefr.errors import EdgefrError
-from edgefr.teachers.base import Teacher, file_sha256, probe_embedding_dim
+from edgefr.teachers.base import Teacher, probe_embedding_dim
 from edgefr.teachers.onnx_model import PREPROCESSING_METADATA_KEY
 from edgefr.teachers.preprocessing import resolve_preprocessing
 
