@@ -336,21 +336,24 @@ def test_cli_resume_without_a_run(tmp_path):
     assert result.output.strip() == f"error: {tmp_path / 'x'}: nothing to resume (no last.pt)"
 
 
-ALLOCATION_FAULTS = """
+BUFFER_BYTES = 64 << 20  # above glibc's largest mmap threshold (32 MiB), as a training step's activations are
+ALLOCATION_FAULTS = f"""
 import resource, sys, torch
 from edgefr.distill.allocator import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
-torch.ones(16 << 20)  # 64 MiB, allocated and freed once before counting
+torch.ones({BUFFER_BYTES // 4})  # float32: allocated and freed once before counting
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(16):
-    torch.ones(16 << 20)
+    torch.ones({BUFFER_BYTES // 4})
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_retained_memory_spares_the_page_faults_of_large_training_buffers():
+    import resource  # Unix only
+
     def faults(mode: str) -> int:
         out = subprocess.run([sys.executable, "-c", ALLOCATION_FAULTS, mode], capture_output=True, text=True,
                              check=True)
@@ -358,8 +361,8 @@ def test_retained_memory_spares_the_page_faults_of_large_training_buffers():
 
     # 16 "steps" of a 64 MiB buffer (16384 pages of 4 KiB): glibc maps and faults each one in afresh unless told
     # to retain (measured: 262160 faults). Retained, the heap may still grow by a buffer once or twice while the
-    # interpreter's small allocations take the freed chunk's edges (measured: 16384; twice that in one CI run),
-    # but the count no longer grows with the number of steps.
-    buffer_pages = 16384
+    # interpreter's small allocations take the freed chunk's edges (measured here: one buffer's worth, 16384; one
+    # CI run of the earlier 4-step version counted two), but the count no longer grows with the number of steps.
+    buffer_pages = BUFFER_BYTES // resource.getpagesize()
     assert faults("default") > 15 * buffer_pages
     assert faults("retain") <= 4 * buffer_pages
