@@ -41,7 +41,7 @@ from edgefr.errors import EdgefrError
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
-from edgefr.search.cli import layer_choices
+from edgefr.search.cli import ensure_table, layer_choices
 from edgefr.search.pipeline import evaluate_student
 from edgefr.space import count_flops, count_params, scaled_mobilefacenet
 from edgefr.space.checkpoint import load_student
@@ -92,6 +92,7 @@ def search_and_match(device_name: str, budget: float, config: SearchConfig, teac
         check_searched_alike(run, config)
         return json.loads(plan_path.read_text())
     started = time.perf_counter()
+    ensure_table(device_name, click.echo)  # as `edgefr search`: this host's table, profiled first if another's
     summary = run_pipeline(config, teacher, data, run, train=False, resume=(run / "search_state.pt").is_file())
     searched_ms = summary["budgets"][0]["measured_ms"]
     search_minutes = (time.perf_counter() - started) / 60

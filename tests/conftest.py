@@ -81,3 +81,30 @@ def distilled_student(tmp_path_factory):
             del os.environ["EDGEFR_CACHE"]
         else:
             os.environ["EDGEFR_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tables_here(tmp_path_factory) -> Path:
+    """The shipped latency tables, host-ort brought to this machine's speed where it was measured on another machine
+    (`edgefr search` would profile it first, about half an hour): tests of the search's mechanics run on the
+    shipped blocks at this machine's speed. The speed check itself is tested in tests/test_latency.py."""
+    from edgefr.devices import resolve_device
+    from edgefr.latency import load_table, table_path
+    from edgefr.latency.profile import speed_against_table
+    from tests.support import table_at_speed
+
+    folder = tmp_path_factory.mktemp("latency-tables")
+    for name in ("host-ort", "host-tflite", "host-tflite-int8"):
+        (folder / f"{name}.json").write_bytes(table_path(name).read_bytes())
+    shipped = load_table(table_path("host-ort"))
+    speed = speed_against_table(resolve_device("host-ort"), shipped)
+    if speed["other_machine"]:
+        table_at_speed(shipped, speed["factor"], folder / "host-ort.json")
+    return folder
+
+
+@pytest.fixture
+def host_tables_here(tables_here, monkeypatch) -> Path:
+    """EDGEFR_LATENCY_TABLES pointed at `tables_here` for this test and the commands it runs."""
+    monkeypatch.setenv("EDGEFR_LATENCY_TABLES", str(tables_here))
+    return tables_here

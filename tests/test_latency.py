@@ -2,6 +2,9 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,9 +15,9 @@ from edgefr.latency import ArchProbabilities, ExpectedLatency, LatencyPredictor,
 from edgefr.latency.calibration import fit_calibration
 from edgefr.latency.lut import LatencyTable, table_path
 from edgefr.latency.models import ModelFileCache
-from edgefr.latency.profile import calibrate, profile_device
+from edgefr.latency.profile import calibrate, profile_device, speed_against_table
 from edgefr.space import MFN_SPACE, resolve_arch
-from tests.support import assert_one_line_error, run_edgefr
+from tests.support import assert_one_line_error, run_edgefr, table_at_speed
 
 FAST_PROTOCOL = '[protocol]\nwarmup_s = 0.01\ntrial_s = 0.005\ntrials = 3\npasses = 2\nmax_extra_passes = 1\n'
 SMALL_ARCH = "mobilefacenet_w050_d050_relu"
@@ -112,6 +115,52 @@ def test_calibration_reads_the_machine_state_from_anchor_blocks_and_divides_it_o
     assert 1.5 < fast["machine_state"]["factor"] / same["machine_state"]["factor"] < 2.7, (same, fast)
     for act in ("relu", "prelu"):
         assert 0.75 < fast["scale"][act] / same["scale"][act] < 1.33, (act, same["scale"], fast["scale"])
+
+
+def test_speed_check_tells_a_table_of_another_machine_from_this_ones(tables_here, tmp_path):
+    """The CPU name does not tell machines apart (two "AMD EPYC" hosts here ran 3.4x apart): a sample of the
+    table's blocks measured again does."""
+    device = resolve_device("host-ort")
+    here = load_table(tables_here / "host-ort.json")
+    same = speed_against_table(device, here)
+    assert 0.8 < same["factor"] < 1.25 and not same["other_machine"], same
+    faster = speed_against_table(device, table_at_speed(here, 1 / 3, tmp_path / "host-ort.json"))
+    assert 2.4 < faster["factor"] < 3.75 and faster["other_machine"], faster
+
+
+def test_profile_starts_afresh_over_a_table_of_another_machine(tables_here, tmp_path):
+    """`edgefr profile` extends or recalibrates a table of this machine; one measured elsewhere is replaced."""
+    foreign = tmp_path / "host-ort.json"
+    table_at_speed(load_table(tables_here / "host-ort.json"), 1 / 3, foreign)
+    result = run_edgefr("profile", "--device", "host-ort", "--out", str(foreign), "--limit", "3",
+                        "--calibration-nets", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "measured on another machine; profiling afresh" in result.stdout + result.stderr
+    assert len(load_table(foreign).entries) == 3  # a new table, not the other machine's 552 blocks
+
+
+@pytest.mark.slow
+def test_search_profiles_this_host_first_when_its_table_is_of_another_machine(tables_here, tmp_path):
+    """The README's main job on a host whose shipped table was measured elsewhere: it profiles before searching,
+    and the old table stays in place until the new one is complete."""
+    folder = tmp_path / "tables"
+    table_at_speed(load_table(tables_here / "host-ort.json"), 1 / 3, folder / "host-ort.json")
+    before = (folder / "host-ort.json").read_bytes()
+    process = subprocess.Popen([sys.executable, "-m", "edgefr.cli", "search", "--latency-ms", "4", "--no-train"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "EDGEFR_LATENCY_TABLES": str(folder)}, cwd=tmp_path)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("profiling host-ort first"):
+                break
+    finally:
+        process.kill()
+        process.wait()
+    assert lines and lines[-1].startswith("profiling host-ort first"), "".join(lines)[-2000:]
+    assert any("it was measured on another machine" in line for line in lines)
+    assert (folder / "host-ort.json").read_bytes() == before
 
 
 def synthetic_full_table() -> LatencyTable:

@@ -38,6 +38,13 @@ MIN_CALIBRATION_NETS = 4  # three coefficients (two scales, one offset) need mor
 DEFAULT_CALIBRATION_NETS = 40
 ANCHOR_BLOCKS = 24  # table blocks measured again beside the calibration nets, to read the machine's current speed
 ANCHOR_PREFIX = "anchor:"
+# Whether a table is this machine's. The CPU name is not enough: virtual machines here report "AMD EPYC" for an
+# AVX-512 host and for an AVX2-only one, and on the second the first one's host-ort blocks ran 4.5x their table
+# times (per block 3.1x to 4.8x). A shared machine drifts by well under 10% (README, *Latency prediction accuracy*),
+# so a sample of the table's blocks running 1.5x off their table times means another machine, and the table must
+# be measured again: a uniform rescale would keep the other machine's relative block costs.
+SPEED_CHECK_BLOCKS = 12
+OTHER_MACHINE_FACTOR = 1.5
 
 
 def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Arch]:
@@ -50,9 +57,10 @@ def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Ar
     return archs[:count]
 
 
-def measure_files(device: Device, files: dict[str, Path], seed: int, label: str) -> dict:
+def measure_files(device: Device, files: dict[str, Path], seed: int, label: str, progress_bar: bool = True) -> dict:
     transport = open_transport(device)
-    with tqdm(total=len(files) * device.protocol["passes"], desc=label, unit="model", leave=False) as bar:
+    with tqdm(total=len(files) * device.protocol["passes"], desc=label, unit="model", leave=False,
+              disable=not progress_bar) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = max(bar.total, total)
             bar.update(done - bar.n)
@@ -85,8 +93,10 @@ def _new_table(device: Device, space: SearchSpace) -> LatencyTable:
                         converter=converter_versions())
 
 
-def _resume_or_new(device: Device, space: SearchSpace, out: Path, partial: Path, fresh: bool) -> LatencyTable:
-    """Continue a partial run, or extend an existing table of the same device and converter; else start anew."""
+def _resume_or_new(device: Device, space: SearchSpace, out: Path, partial: Path, fresh: bool,
+                   log=print) -> LatencyTable:
+    """Continue a partial run, or extend an existing table of the same device, converter and machine (its blocks
+    measured again at their table speed); else start anew."""
     for candidate in (partial, out):
         if fresh or not candidate.is_file():
             continue
@@ -95,7 +105,12 @@ def _resume_or_new(device: Device, space: SearchSpace, out: Path, partial: Path,
             check_table_matches(table, device)
         except EdgefrError:
             continue
-        if table.space == space.name and table.converter == converter_versions():
+        if table.space == space.name and table.converter == converter_versions() and table.entries:
+            speed = speed_against_table(device, table)
+            if speed["other_machine"]:
+                log(f"{table.where}: its blocks run {speed['factor']:.2f}x their table times on {device.name} "
+                    f"(median of {speed['anchors']}): measured on another machine; profiling afresh")
+                continue
             known = {s.key for s in space.all_block_specs()}
             table.entries = {k: v for k, v in table.entries.items() if k in known}
             return table
@@ -127,13 +142,26 @@ def machine_state(table: LatencyTable, measured_now: dict[str, float]) -> dict:
             "ratio_range": [ratios[0], ratios[-1]]}
 
 
+def speed_against_table(device: Device, table: LatencyTable, seed: int = 0) -> dict:
+    """`machine_state` of the device now against `table`: a seeded sample of its blocks converted (cached) and
+    measured again; plus `other_machine`, whether they ran more than OTHER_MACHINE_FACTOR off their table times."""
+    keys = sorted(table.entries)
+    random.Random(seed).shuffle(keys)
+    specs = [BlockSpec.from_dict(table.entries[key]["block"]) for key in keys[:SPEED_CHECK_BLOCKS]]
+    cache = ModelFileCache(device.runtime, device.dtype)
+    # No progress bar: seconds long, and it precedes one-line errors (an unreachable budget) on stderr.
+    result = measure_files(device, {spec.key: cache.block(spec) for spec in specs}, seed, "", progress_bar=False)
+    state = machine_state(table, {spec.key: result["results"][spec.key]["ms"] for spec in specs})
+    return {**state, "other_machine": not 1 / OTHER_MACHINE_FACTOR <= state["factor"] <= OTHER_MACHINE_FACTOR}
+
+
 def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,
                    calibration_nets: int = DEFAULT_CALIBRATION_NETS, embedding: int = 128, seed: int = 0,
                    chunk_size: int = 64,
                    fresh: bool = False, log=print) -> LatencyTable:
     specs = blocks if blocks is not None else space.all_block_specs()
     partial = out.with_name(out.stem + ".partial.json")
-    table = _resume_or_new(device, space, out, partial, fresh)
+    table = _resume_or_new(device, space, out, partial, fresh, log)
     todo = [s for s in specs if s.key not in table.entries]
     if len(todo) < len(specs):
         log(f"resuming: {len(specs) - len(todo)} of {len(specs)} blocks already measured in {table.path}")

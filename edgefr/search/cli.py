@@ -8,21 +8,30 @@ import click
 
 
 def ensure_table(device_name: str, log) -> None:
-    """This host's table must exist and match its CPU and runtime; profile it first if not (remote devices: error)."""
+    """This host's table must exist, match its CPU and runtime, and run at its speed (a sample of its blocks
+    measured again: the CPU name alone does not tell machines apart); profile it first if not (remote devices:
+    error)."""
     from edgefr.devices import resolve_device
     from edgefr.errors import EdgefrError
     from edgefr.latency import load_device_table, table_path
-    from edgefr.latency.profile import profile_device
+    from edgefr.latency.profile import profile_device, speed_against_table
     from edgefr.space import MFN_SPACE
 
     device = resolve_device(device_name)
     try:
-        load_device_table(device)
-        return
+        table = load_device_table(device)
+        if device.transport != "local":
+            return
+        speed = speed_against_table(device, table)
+        if not speed["other_machine"]:
+            return
+        log(f"{table.where}: its blocks run {speed['factor']:.2f}x their table times on this host (median of "
+            f"{speed['anchors']}): it was measured on another machine")
     except EdgefrError as problem:
         if device.transport != "local":
             raise
-        log(f"{problem}\nprofiling {device.name} first (checkpointed; interrupt and rerun to resume)")
+        log(str(problem))
+    log(f"profiling {device.name} first (checkpointed; interrupt and rerun to resume)")
     profile_device(device, MFN_SPACE, table_path(device.table_name), log=log)
 
 

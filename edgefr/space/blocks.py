@@ -110,6 +110,11 @@ class BlockSpec:
     def as_dict(self) -> dict:
         return {**asdict(self), "residual": self.residual}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> BlockSpec:
+        """The inverse of `as_dict` (a latency table's `block` record)."""
+        return cls(**{k: v for k, v in d.items() if k != "residual"})
+
     def build(self) -> nn.Module:
         if self.kind == "stem":
             return ConvBNAct(self.cin, self.cout, self.kernel, self.stride, act=self.act)
