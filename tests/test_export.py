@@ -29,7 +29,7 @@ from edgefr.export.pipeline import (
 from edgefr.export.recipes import Tolerances, load_tolerances
 from edgefr.teachers.base import l2_normalize
 from tests.conftest import needs_lfw
-from tests.support import assert_one_line_error, run_edgefr
+from tests.support import ORT_INT8_WITHOUT_VNNI, assert_one_line_error, run_edgefr
 
 SMALL_ARCH = "mobilefacenet_w050_d050_relu"
 
@@ -66,7 +66,7 @@ def _cosines(model, embedder, faces) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["onnx", "tflite", "coreml"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=ORT_INT8_WITHOUT_VNNI), "tflite", "coreml"])
 def test_every_quantization_of_a_format_loads_and_runs_in_its_runtime(fmt, conditioned_model, faces,
                                                                          small_imagefolder, tmp_path):
     calibration = calibration_batches(small_imagefolder, 16, conditioned_model.preprocessing)
@@ -86,7 +86,8 @@ def test_every_quantization_of_a_format_loads_and_runs_in_its_runtime(fmt, condi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt,head_op", [("onnx", "Gemm"), ("tflite", "FULLY_CONNECTED")])
+@pytest.mark.parametrize("fmt,head_op", [pytest.param("onnx", "Gemm", marks=ORT_INT8_WITHOUT_VNNI),
+                                         ("tflite", "FULLY_CONNECTED")])
 def test_float_head_keeps_the_embedding_head_float_in_an_int8_export(fmt, head_op, conditioned_model, faces,
                                                                       small_imagefolder, tmp_path):
     calibration = calibration_batches(small_imagefolder, 16, conditioned_model.preprocessing)
@@ -167,6 +168,7 @@ def test_cli_export_writes_report_fails_a_tight_check_and_eval_reads_the_metadat
 
 @pytest.mark.slow
 @needs_lfw
+@ORT_INT8_WITHOUT_VNNI
 def test_int8_exports_of_a_distilled_student_pass_their_recipes(distilled_student, tmp_path):
     # All 6000 LFW pairs: the recipes allow a 0.3 pp drop, two pairs of a 600-pair subset (where this student's
     # TFLite int8 lost 0.83 pp, and gained 0.28 pp on all pairs).
