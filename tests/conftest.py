@@ -86,7 +86,7 @@ def distilled_student(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tables_here(tmp_path_factory) -> Path:
     """The shipped latency tables, host-ort brought to this machine's speed where it was measured on another machine
-    (`edgefr search` would profile it first, ~21 min on an AVX2 host): tests of the search's mechanics run on the
+    (`edgefr search` would profile it first, ~18 min on an AVX2 host): tests of the search's mechanics run on the
     shipped blocks at this machine's speed. The speed check itself is tested in tests/test_latency.py."""
     from edgefr.devices import resolve_device
     from edgefr.latency import load_table, table_path

@@ -53,20 +53,3 @@ def table_at_speed(table, factor: float, path: Path):
         doctored.calibration["offset_ms"] *= factor
     doctored.save(path)
     return doctored
-
-
-def _x86_without_vnni() -> bool:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    flags = set(flags.split(":", 1)[1].split())
-    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
-
-
-# A known defect, not a tolerance: on x86 hosts without VNNI (2026-11-23: an AVX2-only VM), ONNX Runtime's int8
-# graphs of our QDQ U8S8 flow lose far more than the recipe allows (conditioned model: mean cosine 0.69, one face
-# 0.65; distilled student: LFW -0.9 pp against 0.3; U8U8 weights 0.82 / -0.53 pp, 7-bit weights 0.78), while TFLite
-# int8 passes there. Strict: where these tests pass on such a host, the defect is fixed and the mark must go.
-ORT_INT8_WITHOUT_VNNI = pytest.mark.xfail(_x86_without_vnni(), strict=True,
-                                          reason="ONNX Runtime int8 on x86 without VNNI misses the export recipe")

@@ -14,7 +14,7 @@ from edgefr.errors import EdgefrError
 from edgefr.latency import ArchProbabilities, ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.latency.calibration import fit_calibration
 from edgefr.latency.lut import LatencyTable, table_path
-from edgefr.latency.models import ModelFileCache
+from edgefr.latency.models import ConversionPool, ModelFileCache
 from edgefr.latency.profile import calibrate, profile_device, speed_against_table
 from edgefr.space import MFN_SPACE, resolve_arch
 from tests.support import assert_one_line_error, run_edgefr, table_at_speed
@@ -82,6 +82,28 @@ def test_profile_resumes_from_its_partial_file(tmp_path):
     assert not (tmp_path / "resume-ort.partial.json").exists()
 
 
+def test_a_conversion_pool_writes_the_files_a_single_process_writes(tmp_path):
+    """Profiles convert on every core: the files must be those of a serial conversion, in the requests' order,
+    and a cached file is not converted again."""
+    arch = resolve_arch(SMALL_ARCH)
+    specs = arch.block_specs()[1:4]
+    requests = {spec.key: ("block", spec) for spec in specs}
+    requests["context"] = ("context", specs[0].res, specs[0].cin)
+    requests["net"] = ("network", arch)
+    serial = ModelFileCache("onnxruntime", "fp32", root=tmp_path / "serial").files(requests)
+    pooled_cache = ModelFileCache("onnxruntime", "fp32", root=tmp_path / "pooled")
+    pooled_cache.block(specs[0])
+    cached_mtime = pooled_cache.block(specs[0]).stat().st_mtime_ns
+    done = []
+    with ConversionPool(2) as pool:
+        pooled = pooled_cache.files(requests, pool, done.append)
+    assert list(pooled) == list(requests) and sorted(done) == sorted(requests)
+    for key in requests:
+        assert pooled[key].read_bytes() == serial[key].read_bytes(), key
+    assert pooled[specs[0].key].stat().st_mtime_ns == cached_mtime
+    assert not list((tmp_path / "pooled").rglob("*partial*"))
+
+
 def test_calibration_recovers_per_activation_scales_and_offset():
     truth = {"relu": 0.8, "prelu": 1.1}
     nets = []
@@ -137,6 +159,18 @@ def test_profile_starts_afresh_over_a_table_of_another_machine(tables_here, tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "measured on another machine; profiling afresh" in result.stdout + result.stderr
     assert len(load_table(foreign).entries) == 3  # a new table, not the other machine's 552 blocks
+
+
+def test_profile_told_not_to_extend_does_not_check_the_table_again(tables_here, tmp_path):
+    """The search has already found the table of another machine; the profile it starts must not measure that
+    table's blocks a second time, yet it writes a new table."""
+    out = tmp_path / "host-ort.json"
+    table_at_speed(load_table(tables_here / "host-ort.json"), 1 / 3, out)
+    messages = []
+    blocks = resolve_arch(SMALL_ARCH).block_specs()[:2]
+    table = profile_device(resolve_device("host-ort"), MFN_SPACE, out, blocks=blocks, calibration_nets=0, extend=False,
+                           log=messages.append)
+    assert messages == [] and len(load_table(out).entries) == len(table.entries) == 2
 
 
 @pytest.mark.slow

@@ -155,13 +155,14 @@ def load_batch1_onnx_embedder(path: Path):
     import onnx
     import onnxruntime as ort
 
+    from edgefr.devices.agent import ort_session_options
     from edgefr.digests import file_sha256
     from edgefr.teachers import Teacher
     from edgefr.teachers.preprocessing import resolve_preprocessing
 
     metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     spec = resolve_preprocessing(str(path), None, metadata.get(PREPROCESSING_KEY))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), ort_session_options(), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     dim = int(np.prod(session.get_outputs()[0].shape[1:]))
     return Teacher(path.stem, spec, lambda batch: session.run(None, {input_name: batch})[0], dim, file_sha256(path),

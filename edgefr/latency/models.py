@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import multiprocessing
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -44,11 +49,49 @@ def _seed_for(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
 
+class ConversionPool:
+    """Processes that convert model files side by side, started on first use.
+
+    The exporters trace in Python on one core each (a profile of host-ort on a 2-core host spent 12 of its 21
+    minutes converting), so a profile converts a chunk of blocks on every core, then measures the chunk with the
+    pool idle: a conversion running beside a measurement would slow it. Spawned, not forked: the parent's torch
+    threads do not survive a fork.
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self._executor: ProcessPoolExecutor | None = None
+
+    def submit(self, cache: ModelFileCache, kind: str, args: tuple) -> Future:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_start_converter_process)
+        return self._executor.submit(_convert_request, cache, kind, args)
+
+    def __enter__(self) -> ConversionPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_converter_process() -> None:
+    # Ctrl-C reaches the parent, which stops the pool; a worker finishes the file it is writing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)  # one conversion per core
+
+
+def _convert_request(cache: ModelFileCache, kind: str, args: tuple) -> Path:
+    return cache.convert(kind, *args)
+
+
 class ModelFileCache:
     """Converted model files under the cache dir, keyed by what they are and how they were converted.
 
     Converting costs about a second per block (litert-torch) against ~0.3 s to measure it, so a re-profile
     (a second pass, a resumed run, another device with the same runtime/dtype) must not convert again.
+    A file is written under a temporary name and renamed, so an interrupted conversion leaves no broken file.
     """
 
     def __init__(self, runtime: str, dtype: str, root: Path | None = None):
@@ -61,25 +104,67 @@ class ModelFileCache:
         digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
         return self.root / f"{digest}{RUNTIME_SUFFIX[self.runtime]}"
 
-    def _convert(self, identity: str, build, example: torch.Tensor) -> Path:
+    def _recipe(self, kind: str, *args) -> tuple[str, Callable[[], torch.nn.Module], torch.Tensor]:
+        """What a model file of `kind` is: its identity, a builder of the module and an example input.
+
+        - "block" (spec): the stem standalone (it is at the graph input in every net); any other block behind
+          its context;
+        - "context" (res, channels): the context alone;
+        - "network" (arch): a whole net.
+        """
+        if kind == "block":
+            (spec,) = args
+            example = torch.zeros(spec.input_shape())
+            if spec.kind == "stem":
+                return spec.key, spec.build, example
+            return (f"in-context:{spec.key}", lambda: torch.nn.Sequential(context_module(spec.cin), spec.build()),
+                    example)
+        if kind == "context":
+            res, channels = args
+            return context_key(res, channels), lambda: context_module(channels), torch.zeros(1, channels, res, res)
+        if kind == "network":
+            (arch,) = args
+            return ("net:" + arch.to_json(), lambda: FaceNet(arch),
+                    torch.zeros(1, 3, arch.input_size, arch.input_size))
+        raise ValueError(f"unknown model file kind {kind!r}")
+
+    def convert(self, kind: str, *args) -> Path:
+        """The file of `kind` (see `_recipe`), converted now unless cached."""
+        identity, build, example = self._recipe(kind, *args)
         path = self._file(identity)
         if not path.is_file():
             torch.manual_seed(_seed_for(identity))  # deterministic weights: same file for the same block
-            convert_for_runtime(build().eval(), example, self.runtime, self.dtype, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
+            try:
+                convert_for_runtime(build().eval(), example, self.runtime, self.dtype, partial)
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
         return path
 
     def block(self, spec: BlockSpec) -> Path:
-        """The stem standalone (it is at the graph input in every net); any other block behind its context."""
-        example = torch.zeros(spec.input_shape())
-        if spec.kind == "stem":
-            return self._convert(spec.key, spec.build, example)
-        return self._convert(f"in-context:{spec.key}",
-                             lambda: torch.nn.Sequential(context_module(spec.cin), spec.build()), example)
+        return self.convert("block", spec)
 
     def context(self, res: int, channels: int) -> Path:
-        return self._convert(context_key(res, channels), lambda: context_module(channels),
-                             torch.zeros(1, channels, res, res))
+        return self.convert("context", res, channels)
 
     def network(self, arch: Arch) -> Path:
-        return self._convert("net:" + arch.to_json(), lambda: FaceNet(arch),
-                             torch.zeros(1, 3, arch.input_size, arch.input_size))
+        return self.convert("network", arch)
+
+    def files(self, requests: dict[str, tuple], pool: ConversionPool | None = None,
+              done: Callable[[str], None] = lambda key: None) -> dict[str, Path]:
+        """Files for many requests (key -> (kind, *args), see `_recipe`), in `requests`' order; those not cached
+        yet are converted in `pool` when given. `done(key)` is called as each file is ready."""
+        paths, pending = {}, {}
+        for key, (kind, *args) in requests.items():
+            path = self._file(self._recipe(kind, *args)[0])
+            if path.is_file() or pool is None:
+                paths[key] = path if path.is_file() else self.convert(kind, *args)
+                done(key)
+            else:
+                pending[pool.submit(self, kind, tuple(args))] = key
+        for future in as_completed(pending):
+            paths[pending[future]] = future.result()
+            done(pending[future])
+        return {key: paths[key] for key in requests}

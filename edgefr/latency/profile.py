@@ -24,7 +24,7 @@ from edgefr.devices.transports import open_transport
 from edgefr.errors import EdgefrError
 from edgefr.latency.calibration import fit_calibration
 from edgefr.latency.lut import LatencyTable, check_table_matches, load_table
-from edgefr.latency.models import ModelFileCache, context_key, converter_versions
+from edgefr.latency.models import ConversionPool, ModelFileCache, context_key, converter_versions
 from edgefr.space.arch import Arch
 from edgefr.space.blocks import BlockSpec
 from edgefr.space.registry import resolve_arch
@@ -93,11 +93,11 @@ def _new_table(device: Device, space: SearchSpace) -> LatencyTable:
                         converter=converter_versions())
 
 
-def _resume_or_new(device: Device, space: SearchSpace, out: Path, partial: Path, fresh: bool,
+def _resume_or_new(device: Device, space: SearchSpace, out: Path, partial: Path, fresh: bool, extend: bool,
                    log=print) -> LatencyTable:
-    """Continue a partial run, or extend an existing table of the same device, converter and machine (its blocks
-    measured again at their table speed); else start anew."""
-    for candidate in (partial, out):
+    """Continue a partial run, or (`extend`) extend an existing table of the same device, converter and machine
+    (its blocks measured again at their table speed); else start anew."""
+    for candidate in (partial, out) if extend else (partial,):
         if fresh or not candidate.is_file():
             continue
         try:
@@ -157,44 +157,49 @@ def speed_against_table(device: Device, table: LatencyTable, seed: int = 0) -> d
 
 def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,
                    calibration_nets: int = DEFAULT_CALIBRATION_NETS, embedding: int = 128, seed: int = 0,
-                   chunk_size: int = 64,
-                   fresh: bool = False, log=print) -> LatencyTable:
+                   chunk_size: int = 64, fresh: bool = False, extend: bool = True,
+                   conversion_workers: int | None = None, log=print) -> LatencyTable:
+    """Measure `blocks` (default: all of `space`) on `device` into `out`, resuming `out`'s partial file, and
+    extending `out` itself unless `extend` is off (a caller that found it of another machine) or `fresh`.
+    Files are converted by `conversion_workers` processes (default: one per core)."""
     specs = blocks if blocks is not None else space.all_block_specs()
     partial = out.with_name(out.stem + ".partial.json")
-    table = _resume_or_new(device, space, out, partial, fresh, log)
+    table = _resume_or_new(device, space, out, partial, fresh, extend, log)
     todo = [s for s in specs if s.key not in table.entries]
     if len(todo) < len(specs):
         log(f"resuming: {len(specs) - len(todo)} of {len(specs)} blocks already measured in {table.path}")
     cache = ModelFileCache(device.runtime, device.dtype)
     rng = random.Random(seed)
     rng.shuffle(todo)  # randomized order across chunks too: no block family measured all at once
-    with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"profile {device.name}", unit="block") as bar:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start:start + chunk_size]
-            files = {}
-            for spec in chunk:
-                bar.set_postfix_str(f"convert {spec.key}")
-                files[spec.key] = cache.block(spec)
-                ctx = context_key(spec.res, spec.cin)
-                if spec.kind != "stem" and ctx not in table.contexts:
-                    files[ctx] = cache.context(spec.res, spec.cin)
-            bar.set_postfix_str("measure")
-            result = measure_files(device, files, seed + start, "measure")
-            table.device = _device_record(device, result)
-            table.contexts.update({k: v for k, v in result["results"].items() if k.startswith("context:")})
-            for spec in chunk:
-                table.entries[spec.key] = _entry(spec, result["results"][spec.key], table.contexts)
-            table.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            table.save(partial)
-            bar.update(len(chunk))
-    table.calibration = calibrate(device, space, table, cache, calibration_nets, embedding, seed, log)
+    with ConversionPool(conversion_workers) as pool:
+        with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"profile {device.name}",
+                  unit="block") as bar:
+            for start in range(0, len(todo), chunk_size):
+                chunk = todo[start:start + chunk_size]
+                requests = {}
+                for spec in chunk:
+                    requests[spec.key] = ("block", spec)
+                    ctx = context_key(spec.res, spec.cin)
+                    if spec.kind != "stem" and ctx not in table.contexts:
+                        requests[ctx] = ("context", spec.res, spec.cin)
+                files = cache.files(requests, pool, lambda key: bar.set_postfix_str(f"converted {key}"))
+                bar.set_postfix_str("measure")
+                result = measure_files(device, files, seed + start, "measure")
+                table.device = _device_record(device, result)
+                table.contexts.update({k: v for k, v in result["results"].items() if k.startswith("context:")})
+                for spec in chunk:
+                    table.entries[spec.key] = _entry(spec, result["results"][spec.key], table.contexts)
+                table.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                table.save(partial)
+                bar.update(len(chunk))
+        table.calibration = calibrate(device, space, table, cache, calibration_nets, embedding, seed, log, pool)
     table.save(out)
     partial.unlink(missing_ok=True)
     return table
 
 
 def calibrate(device: Device, space: SearchSpace, table: LatencyTable, cache: ModelFileCache, count: int,
-              embedding: int, seed: int, log=print) -> dict | None:
+              embedding: int, seed: int, log=print, pool: ConversionPool | None = None) -> dict | None:
     """Measure whole nets whose blocks are all in the table and fit the block-sum calibration."""
     from edgefr.latency.predictor import LatencyPredictor
 
@@ -205,9 +210,11 @@ def calibrate(device: Device, space: SearchSpace, table: LatencyTable, cache: Mo
         log(f"calibration skipped: only {len(archs)} calibration nets are covered by the profiled blocks "
             f"(need {MIN_CALIBRATION_NETS}); predictions are raw block sums")
         return None
-    files = {a.name: cache.network(a) for a in tqdm(archs, desc="convert calibration nets", unit="net", leave=False)}
     anchors = anchor_blocks(table, archs, ANCHOR_BLOCKS, seed)
-    files.update({ANCHOR_PREFIX + spec.key: cache.block(spec) for spec in anchors})
+    requests = {a.name: ("network", a) for a in archs}
+    requests.update({ANCHOR_PREFIX + spec.key: ("block", spec) for spec in anchors})
+    with tqdm(total=len(requests), desc="convert calibration nets", unit="file", leave=False) as bar:
+        files = cache.files(requests, pool, lambda key: bar.update())
     result = measure_files(device, files, seed + 1, "measure calibration nets")
     state = machine_state(table, {spec.key: result["results"][ANCHOR_PREFIX + spec.key]["ms"] for spec in anchors})
     uncalibrated = LatencyPredictor(LatencyTable(device=table.device, space=table.space, protocol=table.protocol,

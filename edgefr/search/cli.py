@@ -32,7 +32,8 @@ def ensure_table(device_name: str, log) -> None:
             raise
         log(str(problem))
     log(f"profiling {device.name} first (checkpointed; interrupt and rerun to resume)")
-    profile_device(device, MFN_SPACE, table_path(device.table_name), log=log)
+    # The table at the path was just found unusable: resume a partial profile only, do not check it again.
+    profile_device(device, MFN_SPACE, table_path(device.table_name), extend=False, log=log)
 
 
 def _split(flag: str, text: str | None, kind: type) -> tuple | None:

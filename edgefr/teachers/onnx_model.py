@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefr.devices.agent import ort_session_options
 from edgefr.digests import file_sha256
 from edgefr.errors import EdgefrError
 from edgefr.paths import cache_dir
@@ -72,7 +73,7 @@ def load_onnx_teacher(path: str | Path, name: str | None = None, preprocessing: 
             tmp = runnable.with_name(runnable.name + ".tmp")
             onnx.save(model, str(tmp))
             tmp.replace(runnable)
-    options = ort.SessionOptions()
+    options = ort_session_options()  # exact int8 products on x86 without VNNI (an exported int8 student)
     options.log_severity_level = 3  # onnxruntime warns about every unused initializer of such graphs
     try:
         session = ort.InferenceSession(str(runnable), options, providers=["CPUExecutionProvider"])
