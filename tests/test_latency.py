@@ -173,12 +173,36 @@ def test_profile_told_not_to_extend_does_not_check_the_table_again(tables_here, 
     assert messages == [] and len(load_table(out).entries) == len(table.entries) == 2
 
 
+def test_search_takes_a_shipped_table_of_a_machine_like_this_one(tables_here, tmp_path, monkeypatch):
+    """Where the main table is another machine's, a shipped alternate that runs at this host's speed takes its
+    place (seconds, instead of a profile: ~18 min on the AVX2 host); alternates of other machines are passed
+    over."""
+    from edgefr.search.cli import ensure_table
+
+    folder = tmp_path / "tables"
+    here = load_table(tables_here / "host-ort.json")
+    table_at_speed(here, 1 / 3, folder / "host-ort.json")
+    table_at_speed(here, 3, folder / "alternates" / "host-ort@a-slower-machine.json")
+    table_at_speed(here, 1, folder / "alternates" / "host-ort@b-like-this-one.json")
+    monkeypatch.setenv("EDGEFR_LATENCY_TABLES", str(folder))
+    messages = []
+    ensure_table("host-ort", messages.append)
+    assert len(messages) == 2 and "it was measured on another machine" in messages[0], messages
+    assert "host-ort@b-like-this-one.json: measured on a machine like this one" in messages[1], messages
+    installed = (folder / "host-ort.json").read_bytes()
+    assert installed == (folder / "alternates" / "host-ort@b-like-this-one.json").read_bytes()
+    messages.clear()
+    ensure_table("host-ort", messages.append)  # now this host's table: nothing to do
+    assert messages == []
+
+
 @pytest.mark.slow
 def test_search_profiles_this_host_first_when_its_table_is_of_another_machine(tables_here, tmp_path):
     """The README's main job on a host whose shipped table was measured elsewhere: it profiles before searching,
     and the old table stays in place until the new one is complete."""
     folder = tmp_path / "tables"
     table_at_speed(load_table(tables_here / "host-ort.json"), 1 / 3, folder / "host-ort.json")
+    table_at_speed(load_table(tables_here / "host-ort.json"), 3, folder / "alternates" / "host-ort@slower.json")
     before = (folder / "host-ort.json").read_bytes()
     process = subprocess.Popen([sys.executable, "-m", "edgefr.cli", "search", "--latency-ms", "4", "--no-train"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -194,6 +218,7 @@ def test_search_profiles_this_host_first_when_its_table_is_of_another_machine(ta
         process.wait()
     assert lines and lines[-1].startswith("profiling host-ort first"), "".join(lines)[-2000:]
     assert any("it was measured on another machine" in line for line in lines)
+    assert not any("host-ort@slower.json" in line for line in lines)  # the alternate of another machine
     assert (folder / "host-ort.json").read_bytes() == before
 
 

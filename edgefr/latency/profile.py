@@ -25,6 +25,7 @@ from edgefr.errors import EdgefrError
 from edgefr.latency.calibration import fit_calibration
 from edgefr.latency.lut import LatencyTable, check_table_matches, load_table
 from edgefr.latency.models import ConversionPool, ModelFileCache, context_key, converter_versions
+from edgefr.paths import latency_tables_dir
 from edgefr.space.arch import Arch
 from edgefr.space.blocks import BlockSpec
 from edgefr.space.registry import resolve_arch
@@ -45,6 +46,7 @@ ANCHOR_PREFIX = "anchor:"
 # be measured again: a uniform rescale would keep the other machine's relative block costs.
 SPEED_CHECK_BLOCKS = 12
 OTHER_MACHINE_FACTOR = 1.5
+ALTERNATES_FOLDER = "alternates"
 
 
 def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Arch]:
@@ -153,6 +155,29 @@ def speed_against_table(device: Device, table: LatencyTable, seed: int = 0) -> d
     result = measure_files(device, {spec.key: cache.block(spec) for spec in specs}, seed, "", progress_bar=False)
     state = machine_state(table, {spec.key: result["results"][spec.key]["ms"] for spec in specs})
     return {**state, "other_machine": not 1 / OTHER_MACHINE_FACTOR <= state["factor"] <= OTHER_MACHINE_FACTOR}
+
+
+def alternate_table_paths(table_name: str) -> list[Path]:
+    """Tables of a device measured on other machines, shipped beside its main table as
+    `<tables>/alternates/<device>@<machine>.json`: hosts that share a CPU name and runtime can still differ in
+    speed (the AVX-512 and the AVX2 "AMD EPYC" hosts here), and a host like one of them can use its table."""
+    return sorted((latency_tables_dir() / ALTERNATES_FOLDER).glob(f"{table_name}@*.json"))
+
+
+def table_of_this_machine(device: Device, paths: list[Path]) -> tuple[Path, dict] | None:
+    """The first of `paths` that is a table of `device` (runtime version, CPU name) whose blocks run at their
+    table speed here (`speed_against_table`), with that speed; None if none is."""
+    from edgefr.latency import load_device_table
+
+    for path in paths:
+        try:
+            table = load_device_table(device, path)
+        except EdgefrError:
+            continue
+        speed = speed_against_table(device, table)
+        if not speed["other_machine"]:
+            return path, speed
+    return None
 
 
 def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -9,12 +10,17 @@ import click
 
 def ensure_table(device_name: str, log) -> None:
     """This host's table must exist, match its CPU and runtime, and run at its speed (a sample of its blocks
-    measured again: the CPU name alone does not tell machines apart); profile it first if not (remote devices:
-    error)."""
+    measured again: the CPU name alone does not tell machines apart). If not, a table shipped for another machine
+    like this one takes its place, else the host is profiled first (remote devices: error)."""
     from edgefr.devices import resolve_device
     from edgefr.errors import EdgefrError
     from edgefr.latency import load_device_table, table_path
-    from edgefr.latency.profile import profile_device, speed_against_table
+    from edgefr.latency.profile import (
+        alternate_table_paths,
+        profile_device,
+        speed_against_table,
+        table_of_this_machine,
+    )
     from edgefr.space import MFN_SPACE
 
     device = resolve_device(device_name)
@@ -31,6 +37,15 @@ def ensure_table(device_name: str, log) -> None:
         if device.transport != "local":
             raise
         log(str(problem))
+    match = table_of_this_machine(device, alternate_table_paths(device.table_name))
+    if match is not None:
+        path, speed = match
+        log(f"{path}: measured on a machine like this one (its blocks run {speed['factor']:.2f}x their table "
+            f"times here); it becomes {table_path(device.table_name)}")
+        staged = table_path(device.table_name).with_suffix(".installing")
+        shutil.copyfile(path, staged)
+        staged.replace(table_path(device.table_name))
+        return
     log(f"profiling {device.name} first (checkpointed; interrupt and rerun to resume)")
     # The table at the path was just found unusable: resume a partial profile only, do not check it again.
     profile_device(device, MFN_SPACE, table_path(device.table_name), extend=False, log=log)
