@@ -193,15 +193,17 @@ def test_cli_export_writes_report_fails_a_tight_check_and_eval_reads_the_metadat
 @pytest.mark.slow
 @needs_lfw
 def test_int8_exports_of_a_distilled_student_pass_their_recipes(distilled_student, tmp_path):
-    # All 6000 LFW pairs: the recipes allow a 0.3 pp drop, two pairs of a 600-pair subset (where this student's
-    # TFLite int8 lost 0.83 pp, and gained 0.28 pp on all pairs). The int8 a user gets by default: float head.
-    # On an AVX2 host without VNNI the ONNX one lost 0.9 pp (cosine 0.992) until sessions set exact int8 products,
-    # then 0.10 pp (cosine 0.998).
+    # All 6000 LFW pairs: the recipes allow a 0.3 pp drop plus two standard errors, 0.4-0.5 pp for this 66-69%
+    # student, whose re-fitted 10-fold accuracy moved by +-0.6 pp with the calibration faces alone. The int8 a user
+    # gets by default: float head. On an AVX2 host without VNNI the ONNX one lost 0.9 pp (cosine 0.992) until
+    # sessions set exact int8 products, then 0.10 pp (cosine 0.998).
     options = ExportOptions(model=str(distilled_student.best_path),
                             targets=[check_target("onnx", "int8"), check_target("tflite", "int8")],
                             out=tmp_path, calib_images=100, agreement_faces=50, device="none")
     report = run_export(options)
     assert report["passed"], report["failures"]
+    drops = [c for entry in report["exports"] for c in entry["checks"] if c["name"] == "lfw_drop_pp"]
+    assert len(drops) == 2 and all(0 < c["allowance"] < 0.7 for c in drops), drops
 
 
 def test_tolerance_checks_and_their_failure_message():
@@ -213,6 +215,11 @@ def test_tolerance_checks_and_their_failure_message():
     assert mean.passed is False and mean.failure() == "mean_cosine 0.7071 < 0.98 (by 0.2729)"
     drop = Check("lfw_drop_pp", 0.5, 0.3, "max", unit=" pp")
     assert drop.passed is False and drop.failure() == "lfw_drop_pp 0.5 pp > 0.3 pp (by 0.2 pp)"
+    # A value with a known sampling error fails only beyond it.
+    assert Check("lfw_drop_pp", 0.6, 0.3, "max", unit=" pp", allowance=0.4).passed is True
+    noisy = Check("lfw_drop_pp", 0.9, 0.3, "max", unit=" pp", allowance=0.4)
+    assert noisy.passed is False
+    assert noisy.failure() == "lfw_drop_pp 0.9 pp > 0.3 pp + 0.4 pp sampling error (by 0.2 pp)"
     assert Check("latency_error_pct", None, 15, "max").passed is None  # no prediction: reported, not checked
 
 

@@ -1,6 +1,7 @@
 """The architecture search: supernet, gradients from both objectives, budget fitting, and real tiny searches."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +14,12 @@ import torch
 from edgefr.devices import resolve_device
 from edgefr.distill.losses import Objective
 from edgefr.errors import EdgefrError
-from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table
+from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
 from edgefr.search.engine import SampledPath
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, resolve_arch
-from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr
+from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +209,21 @@ def tiny_search(out, faces, *extra):
 
 
 @pytest.mark.slow
-def test_tiny_search_meets_the_budget_measured_and_resumes_after_a_kill(tmp_path, host_tables_here):
+def test_tiny_search_meets_the_budget_measured_and_resumes_after_a_kill(tmp_path, host_tables_here, monkeypatch):
+    # The host runs 1.25x slower than its table (drift, within the speed check's 1.5x): the first fit round must
+    # aim with the machine state read before it.
+    drifted = tmp_path / "tables"
+    shutil.copytree(host_tables_here, drifted)
+    table_at_speed(load_table(drifted / "host-ort.json"), 0.8, drifted / "host-ort.json")
+    monkeypatch.setenv("EDGEFR_LATENCY_TABLES", str(drifted))
     faces = first_identities(tmp_path / "faces", 6)
     whole = subprocess.run(tiny_search(tmp_path / "whole", faces), capture_output=True, text=True, timeout=900)
     assert whole.returncode == 0, whole.stderr[-2000:]
     report = json.loads((tmp_path / "whole" / "report.json").read_text())
     (budget,) = report["budgets"]
     assert 0.90 <= budget["measured_over_budget"] <= 1.00, report["measurement_rounds"]
+    assert 1.25 * 0.85 <= report["measurement_rounds"][0]["corrections"]["host-ort"] <= 1.25 * 1.2
+    assert "machine state: host-ort blocks run" in whole.stdout
     # The per-block table of the report adds up to the whole-net prediction (plus the calibration offset).
     offset = LatencyPredictor(load_device_table(resolve_device("host-ort"))).offset_ms
     assert sum(b["predicted_ms"]["host-ort"] for b in report["blocks"]) + offset == pytest.approx(

@@ -11,7 +11,14 @@ from edgefr.cli import cli
 from edgefr.data.pairs import read_lfw_pairs
 from edgefr.errors import EdgefrError
 from edgefr.teachers import INSIGHTFACE_PREPROCESSING, load_teacher
-from edgefr.verify import best_threshold, kfold_accuracy, load_embedder, tar_at_far, verify_pairs
+from edgefr.verify import (
+    best_threshold,
+    kfold_accuracy,
+    load_embedder,
+    paired_accuracy_drop,
+    tar_at_far,
+    verify_pairs,
+)
 
 # --- the protocol on hand-made scores ---------------------------------------------------------------------------
 
@@ -38,6 +45,26 @@ def test_kfold_holds_out_each_fold_and_tar_at_far():
     tars = tar_at_far(np.concatenate([genuine, impostors]), np.r_[[True] * 4, [False] * 1000])
     # FAR 0.1 -> threshold 0.9: 3 of 4 genuine above; 0.01 -> 0.99: 2; 0.001 -> 0.999: 1.
     assert tars == {0.1: 0.75, 0.01: 0.5, 0.001: 0.25}
+
+
+def test_paired_drop_decides_both_at_the_reference_thresholds_and_counts_discordant_pairs():
+    same = np.tile([True, False], 100)
+    fold = np.repeat(np.arange(10), 20)
+    reference = np.where(same, 0.6, 0.2) + np.linspace(0, 0.01, 200)  # separable: every threshold is in 0.21..0.6
+    assert paired_accuracy_drop(reference, reference, same, fold) == (0.0, 0.0)
+    # A shift of the whole similarity scale: re-fitted thresholds would follow it (10-fold accuracy still 100%),
+    # the reference's put every same-identity pair below them.
+    shifted = reference - 0.45
+    assert kfold_accuracy(shifted, same, fold)[0] == [1.0] * 10
+    assert paired_accuracy_drop(reference, shifted, same, fold) == (0.5, pytest.approx(np.sqrt(100) / 200))
+    # Three pairs lost and one gained (the reference's one error, a different pair above its threshold, put right).
+    wrong_once = reference.copy()
+    wrong_once[1] = 0.7
+    other = wrong_once.copy()
+    other[[0, 2, 4]] = 0.0  # three same-identity pairs now below
+    other[1] = 0.2
+    drop, error = paired_accuracy_drop(wrong_once, other, same, fold)
+    assert drop == pytest.approx(2 / 200) and error == pytest.approx(2 / 200)
 
 
 # --- real models on real pairs ----------------------------------------------------------------------------------

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefr.data.pairs import PairSet
 from edgefr.errors import EdgefrError
 from edgefr.export.recipes import Tolerances
 from edgefr.teachers.base import l2_normalize
+from edgefr.verify import VerificationResult, paired_accuracy_drop
 
 
 @dataclass
 class Check:
-    """One measured value against its tolerance (`limit` None: measured and reported, not checked)."""
+    """One measured value against its tolerance (`limit` None: measured and reported, not checked). `allowance`:
+    how far past the limit a value may lie before it fails, for a value whose sampling error is known (it fails
+    only where the data show it past the limit)."""
 
     name: str
     value: float | None
@@ -23,17 +27,21 @@ class Check:
     bound: str = "min"  # "min": value must be >= limit; "max": value must be <= limit
     unit: str = ""
     note: str = ""
+    allowance: float = 0.0
 
     @property
     def passed(self) -> bool | None:
         if self.limit is None or self.value is None:
             return None
-        return self.value >= self.limit if self.bound == "min" else self.value <= self.limit
+        if self.bound == "min":
+            return self.value + self.allowance >= self.limit
+        return self.value - self.allowance <= self.limit
 
     def failure(self) -> str:
         sign = "<" if self.bound == "min" else ">"
-        return (f"{self.name} {self.value:.4g}{self.unit} {sign} {self.limit:g}{self.unit} "
-                f"(by {abs(self.value - self.limit):.4g}{self.unit})")
+        allowed = f" + {self.allowance:.4g}{self.unit} sampling error" if self.allowance else ""
+        return (f"{self.name} {self.value:.4g}{self.unit} {sign} {self.limit:g}{self.unit}{allowed} "
+                f"(by {abs(self.value - self.limit) - self.allowance:.4g}{self.unit})")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -47,10 +55,18 @@ def embedding_agreement(reference: np.ndarray, exported: np.ndarray, tolerances:
             Check("min_cosine", float(cosine.min()), tolerances.min_min_cosine, "min")]
 
 
-def lfw_drop(reference_accuracy: float, exported_accuracy: float, tolerances: Tolerances, pairs: int) -> Check:
-    return Check("lfw_drop_pp", 100 * (reference_accuracy - exported_accuracy), tolerances.max_lfw_drop_pp, "max",
-                 unit=" pp", note=f"10-fold on {pairs} pairs: PyTorch {100 * reference_accuracy:.2f}%, "
-                                  f"exported {100 * exported_accuracy:.2f}%")
+def lfw_drop(reference: VerificationResult, exported: VerificationResult, pairs: PairSet,
+             tolerances: Tolerances) -> Check:
+    """The LFW accuracy the export loses, decided at the PyTorch model's 10-fold thresholds (`paired_accuracy_drop`).
+    It fails only when it exceeds the tolerance by more than two standard errors: on a weak model many pairs lie near
+    the threshold and 6000 pairs cannot resolve a 0.3 pp drop (a 66%-LFW student's float-head int8 exports moved
+    -0.6..+0.6 pp with the calibration faces alone, at cosines of 0.997-0.999); on a strong one few pairs are
+    discordant and the allowance vanishes."""
+    drop, error = paired_accuracy_drop(reference.similarities, exported.similarities, pairs.same, pairs.fold)
+    return Check("lfw_drop_pp", 100 * drop, tolerances.max_lfw_drop_pp, "max", unit=" pp", allowance=2 * 100 * error,
+                 note=f"{len(pairs)} pairs at PyTorch's 10-fold thresholds, standard error {100 * error:.2f} pp; "
+                      f"10-fold accuracy PyTorch {100 * reference.accuracy:.2f}%, exported "
+                      f"{100 * exported.accuracy:.2f}% (its own thresholds)")
 
 
 def predicted_latency(device, arch, profiled_dtype: str | None) -> tuple[float | None, str]:

@@ -191,7 +191,7 @@ def _export_one(model, arch, target: ExportTarget, options: ExportOptions, refer
     if reference.lfw is not None:
         log(f"{target.label}: LFW on {len(reference.pairs)} pairs ...")
         exported = verify_pairs(embedder, reference.pairs, progress=False)
-        checks.append(lfw_drop(reference.lfw.accuracy, exported.accuracy, tolerances, len(reference.pairs)))
+        checks.append(lfw_drop(reference.lfw, exported, reference.pairs, tolerances))
         entry["lfw_accuracy"] = exported.accuracy
     device = export_device(options, target)
     entry["device"] = device.summary() if device else None

@@ -56,8 +56,9 @@ def markdown(report: dict) -> str:
         lines += [f"- {note}" for note in graph["notes"]]
         for check in entry["checks"]:
             verdict = {True: "pass", False: "**FAIL**", None: "not checked"}[check["passed"]]
-            limit = ("" if check["limit"] is None
-                     else f" ({'>=' if check['bound'] == 'min' else '<='} {check['limit']:g})")
+            allowance = f" {'-' if check['bound'] == 'min' else '+'} {check['allowance']:.2g} sampling error"
+            limit = ("" if check["limit"] is None else f" ({'>=' if check['bound'] == 'min' else '<='} "
+                     f"{check['limit']:g}{allowance if check.get('allowance') else ''})")
             lines.append(f"- {check['name']}: {_fmt(check['value'], '.5g', check['unit'])}{limit} {verdict}"
                          + (f"; {check['note']}" if check["note"] else ""))
         lines += [f"- warning: {warning}" for warning in entry["warnings"]]

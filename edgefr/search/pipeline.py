@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgefr.errors import EdgefrError
 from edgefr.latency import LatencyPredictor, load_device_table
-from edgefr.latency.profile import measure_networks
+from edgefr.latency.profile import measure_networks, speed_against_table
 from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
 from edgefr.space import count_flops, count_params, create_model, load_arch_file
@@ -55,7 +55,8 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
     reorders and fusion at stage boundaries), and not monotonically, so a single candidate per round can oscillate
     around a 10%-wide window. Each round therefore fits a few candidates aimed across the window, starting from the
     best measured architecture so far and corrected by its own measured/predicted ratio (a correction is only valid
-    near the architecture it was measured on), and measures them together in one agent call. The result is the most
+    near the architecture it was measured on), and measures them together in one agent call; the first round starts
+    from the most probable architecture, corrected by the machine state (`machine_states`). The result is the most
     probable measured candidate inside the window (away from its edges if one is); failing that, the one closest to
     the budget from below."""
     space = supernet.space
@@ -68,7 +69,7 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
 
     measured: dict[str, _Candidate] = {}
     rounds, used_bases = [], set()
-    base, corrections = supernet.derive("searched"), {}
+    base, corrections = supernet.derive("searched"), machine_states(budgets, devices, log)
     for round_index in range(MEASURE_ROUNDS):
         proposals: dict[str, _Candidate] = {}
         for aim in CANDIDATE_AIMS:
@@ -107,6 +108,16 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
     best = (max(inside, key=lambda c: c.log_prob) if inside else max(below, key=lambda c: c.ratio) if below
             else min(measured.values(), key=lambda c: c.ratio))
     return Measured(best.arch, best.predicted_ms, best.measured_ms, rounds)
+
+
+def machine_states(budgets, devices, log=print) -> dict[str, float]:
+    """Per device, how fast its blocks run now against their table times (`speed_against_table`, seconds): a shared
+    host drifts by up to ~20% between the profile and a search, and the first fit round aims with this instead of
+    spending a round of measurements to learn it."""
+    states = {b.device: speed_against_table(devices[b.device], b.predictor.table)["factor"] for b in budgets}
+    log("machine state: " + ", ".join(f"{device} blocks run {factor:.2f}x their table times now"
+                                      for device, factor in states.items()))
+    return states
 
 
 def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool = True, distill_epochs: int = 2,

@@ -74,7 +74,9 @@ def load_onnx_teacher(path: str | Path, name: str | None = None, preprocessing: 
             onnx.save(model, str(tmp))
             tmp.replace(runnable)
     options = ort_session_options()  # exact int8 products on x86 without VNNI (an exported int8 student)
-    options.log_severity_level = 3  # onnxruntime warns about every unused initializer of such graphs
+    # Fatal only: onnxruntime warns about every unused initializer of such graphs, and logs an error when the batch
+    # probe meets a graph that fixes batch size 1 (a whole-int8 export), which `probe_embedding_dim` handles.
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(str(runnable), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

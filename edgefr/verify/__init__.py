@@ -12,6 +12,7 @@ from edgefr.verify.protocol import (
     best_threshold,
     embed_paths,
     kfold_accuracy,
+    paired_accuracy_drop,
     tar_at_far,
     verify_pairs,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "kfold_accuracy",
     "load_embedder",
     "load_tflite_embedder",
+    "paired_accuracy_drop",
     "read_tflite_metadata",
     "set_tflite_metadata",
     "tar_at_far",

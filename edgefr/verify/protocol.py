@@ -94,6 +94,25 @@ def kfold_accuracy(similarities: np.ndarray, same: np.ndarray, fold: np.ndarray)
     return accuracies, thresholds
 
 
+def paired_accuracy_drop(reference: np.ndarray, other: np.ndarray, same: np.ndarray,
+                         fold: np.ndarray) -> tuple[float, float]:
+    """(drop, standard error): the accuracy `other` loses against `reference` on the same pairs (their similarities),
+    both decided per fold by the threshold the reference chose on the other folds. (b - c) / n over the b pairs only
+    the reference gets right and the c only `other` gets right; McNemar's standard error sqrt(b + c) / n.
+
+    The reference's thresholds isolate what `other` changes: re-fitting its own would add the noise of a threshold
+    chosen on a flat accuracy curve, and hide a shift of the similarity scale that a deployment keeping its
+    threshold suffers."""
+    _, thresholds = kfold_accuracy(reference, same, fold)
+    per_pair = np.empty(len(same))
+    for k, threshold in zip(np.unique(fold), thresholds):
+        per_pair[fold == k] = threshold
+    reference_right = (reference > per_pair) == same
+    other_right = (other > per_pair) == same
+    lost, gained = int(np.sum(reference_right & ~other_right)), int(np.sum(~reference_right & other_right))
+    return (lost - gained) / len(same), float(np.sqrt(lost + gained)) / len(same)
+
+
 def embed_paths(embedder: Embedder, paths: list[str], flip: bool = False, batch_size: int = 128,
                 progress: bool = True) -> np.ndarray:
     """L2-normalized embeddings of image files (the mirrored crop's embedding added first if `flip`)."""
