@@ -22,7 +22,6 @@ Each run's search is kept too (OUT/RUN/plan.json) and reused only by a rerun wit
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import shlex
@@ -74,12 +73,7 @@ def parse_run(text: str) -> tuple[str, float]:
 def check_searched_alike(run: Path, config: SearchConfig) -> None:
     """A kept plan is reused only if its search ran with `config` (a field an older report lacks had its default):
     rerunning with, say, other --activations into the same --out must not silently reuse the old searches."""
-    recorded = json.loads((run / "report.json").read_text())["search"]["config"]
-    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-    # Through JSON, so tuples compare as the report's lists.
-    recorded = json.loads(json.dumps({**defaults, **recorded}))
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-    differing = [name for name, value in wanted.items() if recorded.get(name) != value]
+    differing = config.differing(json.loads((run / "report.json").read_text())["search"]["config"])
     if differing:
         raise EdgefrError(f"{run}: searched with other settings ({', '.join(differing)}); "
                           "use another --out or the same options")

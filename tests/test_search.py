@@ -1,6 +1,7 @@
 """The architecture search: supernet, gradients from both objectives, budget fitting, and real tiny searches."""
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from edgefr.distill.losses import Objective
 from edgefr.errors import EdgefrError
 from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
-from edgefr.search.engine import SampledPath
+from edgefr.search.engine import SampledPath, architecture_loss
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, resolve_arch
 from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
@@ -76,6 +77,35 @@ def test_architecture_gradients_come_from_the_kd_loss_and_from_latency(ort, tmp_
     expected = ExpectedLatency(ort, MFN_SPACE, 128)
     expected(net.probabilities()).backward()
     assert all(v.grad.abs().sum() > 0 for v in net.alpha.values())
+
+
+@pytest.mark.parametrize("penalty", ["lagrangian", "fbnet"])
+def test_latency_penalties_have_the_gradients_of_their_formulas(ort, penalty):
+    """lagrangian: advantage * log p + lambda * E[lat] / budget; fbnet: E[loss] * 0.2 * log(E[lat] ms)^0.6, its
+    gradient F * (advantage * grad log p) + baseline * grad F."""
+    torch.manual_seed(0)
+    net = SuperNet(MFN_SPACE, 128)
+    expected = ExpectedLatency(ort, MFN_SPACE, 128)
+    arch, _ = net.sample(torch.Generator().manual_seed(3))
+
+    def gradient(loss: torch.Tensor) -> torch.Tensor:
+        net.zero_grad()
+        loss.backward()
+        return torch.cat([v.grad.flatten() for v in net.alpha.values()])
+
+    def arch_loss(advantage: float) -> torch.Tensor:
+        return architecture_loss(penalty, advantage, net.log_prob(arch), {"host-ort": expected(net.probabilities())},
+                                 {"host-ort": 4.0}, {"host-ort": 0.5}, baseline=40.0)
+
+    ms = expected(net.probabilities()).item()
+    latency_grad = gradient(expected(net.probabilities()))
+    log_prob_grad = gradient(net.log_prob(arch))
+    factor = 1.0 if penalty == "lagrangian" else 0.2 * math.log(ms) ** 0.6
+    latency_scale = 0.5 / 4.0 if penalty == "lagrangian" else 40.0 * 0.2 * 0.6 * math.log(ms) ** -0.4 / ms
+    assert 2.0 < ms < 8.0  # uniform distributions: a mid-size net, where FBNet's log is positive
+    assert torch.allclose(gradient(arch_loss(0.0)), latency_scale * latency_grad, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(gradient(arch_loss(3.0)) - gradient(arch_loss(0.0)), 3.0 * factor * log_prob_grad,
+                          rtol=1e-4, atol=1e-6)
 
 
 def test_budget_fit_lands_in_the_band_and_unreachable_budgets_state_the_range(ort):
@@ -186,6 +216,24 @@ def test_benchmark_does_not_reuse_a_plan_searched_with_other_options(tmp_path):
     assert_one_line_error(result, f"{run}: searched with other settings (activations)")
     # The same options as the kept search reuse its plan.
     assert run_search_vs_baselines("--run", "host-ort:4", "--train-elsewhere", "--out", str(tmp_path)).returncode == 0
+
+
+def test_penalty_benchmark_counts_the_decisions_between_two_architectures():
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from latency_penalties import decisions_apart
+
+    from edgefr.space import scaled_mobilefacenet
+
+    mfn = scaled_mobilefacenet(1.0, 1.0, "prelu").to_dict()
+    layers = sum(len(stage["layers"]) for stage in mfn["stages"])
+    assert decisions_apart(mfn, mfn) == 0
+    # Every activation (stem, head, each layer) differs.
+    assert decisions_apart(mfn, scaled_mobilefacenet(1.0, 1.0, "relu").to_dict()) == 2 + layers
+    # Every stage's width differs; nothing else.
+    assert decisions_apart(mfn, scaled_mobilefacenet(1.25, 1.0, "prelu").to_dict()) == len(mfn["stages"])
+    # Depth: each layer one has and the other lacks.
+    shallow = scaled_mobilefacenet(1.0, 0.5, "prelu").to_dict()
+    assert decisions_apart(mfn, shallow) == layers - sum(len(stage["layers"]) for stage in shallow["stages"])
 
 
 def test_benchmark_pairs_seeds_and_claims_no_spread_from_one_seed():

@@ -94,14 +94,18 @@ def layer_choices(activations: str | None, kernels: str | None, expansions: str 
 @click.option("--activations", help="Activations the student may use, comma-separated [all: relu,prelu].")
 @click.option("--kernels", help="Depthwise kernel sizes its blocks may use [all: 3,5].")
 @click.option("--expansions", help="Expansions its inverted residuals may use [all: 2,4].")
+@click.option("--latency-penalty", default="lagrangian", show_default=True,
+              type=click.Choice(["lagrangian", "fbnet"]),
+              help="lagrangian: + lambda * E[lat] / budget, lambda by dual ascent to 0.95 x budget; fbnet: loss x "
+                   "0.2 log(E[lat] ms)^0.6 (no budget: the fit does all of it).")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
 @click.option("--max-images", type=int, help="Use at most this many training images (whole identities).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs,
-                   distill_minutes, activations, kernels, expansions, embedding, max_images, seed, no_train,
-                   resume) -> None:
+                   distill_minutes, activations, kernels, expansions, latency_penalty, embedding, max_images, seed,
+                   no_train, resume) -> None:
     """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
 
     \b
@@ -119,7 +123,7 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
     out = out or Path("runs") / f"search-{'-'.join(f'{b:g}' for b in budgets)}ms"
     config = SearchConfig(devices=tuple(devices), budgets_ms=tuple(budgets), methods=parse_methods(kd), steps=steps,
                           warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding),
-                          seed=seed, max_images=max_images, **choices,
+                          seed=seed, max_images=max_images, latency_penalty=latency_penalty, **choices,
                           checkpoint_every=max(1, min(20, steps // 4)))  # at least 4 checkpoints per search
     summary = run_pipeline(config, teacher, data, out, train=not no_train, distill_epochs=distill_epochs,
                            distill_minutes=distill_minutes or None, resume=resume, log=click.echo)

@@ -13,14 +13,18 @@ Objective, per step (ProxylessNAS path sampling over the `SuperNet`):
   sub-networks most, and with lambda >= 0 a 10 ms search drifted from 4.1 to 3.5 ms). The negative side is bounded
   (`lambda_min`) to limit wind-up; it still overshoots for a while (measured at 10 ms: E[lat] 4.1 -> 10.3 ms by
   step 215, back to 9.1 ms by step 300).
+- `latency_penalty="fbnet"` replaces that term by FBNet's multiplicative one, loss * alpha * log(E[lat] in ms)^beta
+  (alpha 0.2, beta 0.6, as published), which knows no budget: the fit then does all of the budget's work
+  (`benchmarks/latency_penalties.py` measures both; README, *Search*).
 Everything random in step t is seeded by (seed, t), and `search_state.pt` holds the rest every few steps: a
 killed search resumed with `--resume` ends with the same architecture as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +32,8 @@ import torch
 from tqdm import tqdm
 
 from edgefr.devices import resolve_device
-from edgefr.distill.data import AugmentedView, dataset_labels, sample_seed, split_dataset
 from edgefr.distill.allocator import retain_freed_memory
+from edgefr.distill.data import AugmentedView, dataset_labels, sample_seed, split_dataset
 from edgefr.distill.embedder import FAST_LAYOUT, to_model_input
 from edgefr.distill.engine import augmentation_factory, class_centres, load_faces, resolve_teacher, teacher_targets
 from edgefr.distill.losses import Objective, parse_methods
@@ -56,6 +60,7 @@ class SearchConfig:
     lambda_lr: float = 0.5
     target_ratio: float = 0.95  # E[lat] / budget the dual ascent aims at
     lambda_min: float = -1.0  # bound on the multiplier's reward side (see the module docstring)
+    latency_penalty: str = "lagrangian"  # or "fbnet" (see the module docstring)
     embedding: int = 128
     # The per-layer choices the search may make (None: all of the space's; see README, *Search*).
     activations: tuple[str, ...] | None = None
@@ -66,6 +71,34 @@ class SearchConfig:
     max_images: int | None = None
     checkpoint_every: int = 20
     log_every: int = 5
+
+    def differing(self, recorded: dict) -> list[str]:
+        """The settings in which a recorded config (a search_state or report's) differs from this one; a field an
+        older record lacks had its default."""
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        # Through JSON, so tuples compare as a report's lists.
+        recorded = json.loads(json.dumps({**defaults, **recorded}))
+        wanted = json.loads(json.dumps(asdict(self)))
+        return [name for name, value in wanted.items() if recorded.get(name) != value]
+
+
+LATENCY_PENALTIES = ("lagrangian", "fbnet")
+FBNET_ALPHA, FBNET_BETA = 0.2, 0.6
+# FBNet's log(latency in ms) is <= 0 below 1 ms, where its power is undefined; below this the factor stays put.
+FBNET_FLOOR_MS = 1.05
+
+
+def architecture_loss(penalty: str, advantage: float, log_prob: torch.Tensor, expected_ms: dict[str, torch.Tensor],
+                      budgets_ms: dict[str, float], lambdas: dict[str, float], baseline: float) -> torch.Tensor:
+    """The surrogate whose gradient is the architecture's: `advantage` (held-out KD loss of the sampled path minus
+    its running mean, `baseline`) times log p(path) is the score-function estimate of the KD loss's gradient.
+    lagrangian: + sum_d lambda_d * E[lat_d] / budget_d. fbnet: the KD loss times F = prod_d alpha * log(E[lat_d])^beta,
+    whose gradient F * grad E[loss] + E[loss] * grad F is estimated with the baseline for E[loss]."""
+    if penalty == "lagrangian":
+        return advantage * log_prob + sum(lambdas[d] * ms / budgets_ms[d] for d, ms in expected_ms.items())
+    factor = math.prod(FBNET_ALPHA * torch.log(ms.clamp(min=FBNET_FLOOR_MS)) ** FBNET_BETA  # fbnet
+                       for ms in expected_ms.values())
+    return factor.detach() * advantage * log_prob + baseline * factor
 
 
 class SampledPath(torch.nn.Module):
@@ -137,7 +170,11 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
     """Search; returns the trained supernet, the final state, the budgets, the expected-latency modules and devices."""
     retain_freed_memory()
     space = space.restricted(config.activations, config.kernels, config.expansions)
+    if config.latency_penalty not in LATENCY_PENALTIES:
+        raise EdgefrError(f"--latency-penalty {config.latency_penalty!r}: expected one of "
+                          f"{', '.join(LATENCY_PENALTIES)}")
     budgets, expected, devices = device_budgets(config, space)
+    budget_ms = {b.device: b.budget_ms for b in budgets}
     ranges = check_reachable(space, budgets, config.embedding, space.head_widths[0])
     for b in budgets:
         lo, hi = ranges[b.device]
@@ -167,8 +204,9 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
     config_record = asdict(config)
     if resume and state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        if saved.get("format") != STATE_FORMAT or saved["config"] != config_record:
-            raise EdgefrError(f"{state_path}: written by a search with other settings ({saved.get('config')}); "
+        differing = config.differing(saved["config"]) if saved.get("format") == STATE_FORMAT else ["format"]
+        if differing:
+            raise EdgefrError(f"{state_path}: written by a search with other settings ({', '.join(differing)}); "
                               "resume with the same options or start a new --out")
         objective.load_state_dict(saved["objective"])
         weight_opt.load_state_dict(saved["weight_opt"])
@@ -212,15 +250,16 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
             reward = float(val_loss)
             state.baseline = reward if state.baseline is None else 0.9 * state.baseline + 0.1 * reward
             probs = supernet.probabilities()
-            ratios = {b.device: expected[b.device](probs) / b.budget_ms for b in budgets}
-            arch_loss = (reward - state.baseline) * supernet.log_prob(arch)
-            arch_loss = arch_loss + sum(state.lambdas[d] * r for d, r in ratios.items())
+            expected_ms = {b.device: expected[b.device](probs) for b in budgets}
+            arch_loss = architecture_loss(config.latency_penalty, reward - state.baseline, supernet.log_prob(arch),
+                                          expected_ms, budget_ms, state.lambdas, state.baseline)
             arch_opt.zero_grad(set_to_none=True)
             arch_loss.backward()
             arch_opt.step()
-            for d, r in ratios.items():
-                state.lambdas[d] = max(config.lambda_min,
-                                       state.lambdas[d] + config.lambda_lr * (r.item() - config.target_ratio))
+            if config.latency_penalty == "lagrangian":
+                for d, ms in expected_ms.items():
+                    state.lambdas[d] = max(config.lambda_min, state.lambdas[d] + config.lambda_lr * (
+                        ms.item() / budget_ms[d] - config.target_ratio))
         state.step += 1
         if state.step % config.log_every == 0 or state.step == config.steps:
             state.trajectory.append(_snapshot(state.step, supernet, expected, budgets, state, loss.item(), reward))
