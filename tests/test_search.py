@@ -108,6 +108,25 @@ def test_latency_penalties_have_the_gradients_of_their_formulas(ort, penalty):
                           rtol=1e-4, atol=1e-6)
 
 
+def test_a_kept_search_state_is_checked_before_any_work(tmp_path):
+    """--resume with other options names them, and a run folder holding a search is not overwritten without
+    --resume: both before the teacher's embeddings (minutes), so no data is even read (the folder is absent)."""
+    from dataclasses import asdict, replace
+
+    from edgefr.search.engine import STATE_FORMAT, SearchConfig, run_search
+
+    config = SearchConfig(devices=("host-ort",), budgets_ms=(4.0,))
+    older = {k: v for k, v in asdict(replace(config, steps=100)).items() if k != "latency_penalty"}
+    torch.save({"format": STATE_FORMAT, "config": older}, tmp_path / "search_state.pt")
+    absent = tmp_path / "no-faces"
+    with pytest.raises(EdgefrError, match=r"search_state.pt: written by a search with other settings \(steps\)"):
+        run_search(config, "sface", absent, tmp_path, resume=True)
+    with pytest.raises(EdgefrError, match="already holds a search"):
+        run_search(config, "sface", absent, tmp_path)
+    # A record without a field added since (latency_penalty) had its default: only steps differ above.
+    assert replace(config, steps=100).differing(older) == []
+
+
 def test_budget_fit_lands_in_the_band_and_unreachable_budgets_state_the_range(ort):
     low, high = check_reachable(MFN_SPACE, [Budget("host-ort", 5.0, ort)], 128, 512)["host-ort"]
     assert 0 < low < ort.predict(resolve_arch("mobilefacenet_w050_d050_relu")).total_ms

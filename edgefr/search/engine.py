@@ -173,6 +173,16 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
     if config.latency_penalty not in LATENCY_PENALTIES:
         raise EdgefrError(f"--latency-penalty {config.latency_penalty!r}: expected one of "
                           f"{', '.join(LATENCY_PENALTIES)}")
+    # A checkpoint to resume (or not to overwrite) is checked before minutes of teacher embeddings.
+    state_path, saved = out / "search_state.pt", None
+    if resume and state_path.is_file():
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        differing = config.differing(saved["config"]) if saved.get("format") == STATE_FORMAT else ["format"]
+        if differing:
+            raise EdgefrError(f"{state_path}: written by a search with other settings ({', '.join(differing)}); "
+                              "resume with the same options or start a new --out")
+    elif state_path.is_file():
+        raise EdgefrError(f"{out}: already holds a search (search_state.pt); pass --resume or another --out")
     budgets, expected, devices = device_budgets(config, space)
     budget_ms = {b.device: b.budget_ms for b in budgets}
     ranges = check_reachable(space, budgets, config.embedding, space.head_widths[0])
@@ -200,21 +210,13 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
     train_view = AugmentedView(dataset, split.train, split.class_of_label, config.seed, augmentation_factory(True))
     val_view = AugmentedView(dataset, split.val, split.class_of_label, config.seed + 1, None, flip=False)
     state = SearchState(lambdas={b.device: 0.0 for b in budgets})
-    state_path = out / "search_state.pt"
     config_record = asdict(config)
-    if resume and state_path.is_file():
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        differing = config.differing(saved["config"]) if saved.get("format") == STATE_FORMAT else ["format"]
-        if differing:
-            raise EdgefrError(f"{state_path}: written by a search with other settings ({', '.join(differing)}); "
-                              "resume with the same options or start a new --out")
+    if saved is not None:
         objective.load_state_dict(saved["objective"])
         weight_opt.load_state_dict(saved["weight_opt"])
         arch_opt.load_state_dict(saved["arch_opt"])
         state = SearchState(**saved["state"])
         log(f"resuming the search at step {state.step} of {config.steps}")
-    elif state_path.is_file() and not resume:
-        raise EdgefrError(f"{out}: already holds a search (search_state.pt); pass --resume or another --out")
 
     def save() -> None:
         out.mkdir(parents=True, exist_ok=True)
