@@ -35,8 +35,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from edgefr.distill.data import AugmentedView, Split, dataset_labels, sample_seed, split_dataset, validation_pairs
 from edgefr.distill.allocator import retain_freed_memory
+from edgefr.distill.data import AugmentedView, Split, dataset_labels, sample_seed, split_dataset, validation_pairs
 from edgefr.distill.embedder import FAST_LAYOUT, ModuleEmbedder, to_model_input
 from edgefr.distill.losses import Objective, needs_teacher, parse_methods, select_neurons
 from edgefr.distill.multistep import EPOCH_DIR, checkpoint_for_epoch, epoch_checkpoint_name, teacher_checkpoints
@@ -281,6 +281,15 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
         raise EdgefrError(f"{out}: nothing to resume (no last.pt)")
     if needs_teacher(config.methods) and teacher is None:
         raise EdgefrError(f"--kd {','.join(config.methods)} needs a teacher; pass --teacher")
+    payload = resume_state = None
+    if resume:  # checked before the teachers' embeddings (minutes)
+        payload = read_checkpoint(last_path)
+        resume_state = payload.get("train_state") or {}
+        if resume_state.get("format") != TRAIN_STATE_FORMAT:
+            raise EdgefrError(f"{last_path}: carries no training state to resume from")
+        if resume_state["config"] != asdict(config) | {"methods": list(config.methods)}:
+            raise EdgefrError(f"{last_path}: was written with other settings ({resume_state['config']}); resume "
+                              "with the same options or start a new --out")
 
     runtime = start_runtime()
     torch.manual_seed(config.seed)
@@ -382,15 +391,7 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
         return float(seconds)
 
     start_epoch, step, history = 0, 0, []
-    resume_state = None
-    if resume:
-        payload = read_checkpoint(last_path)
-        resume_state = payload.get("train_state") or {}
-        if resume_state.get("format") != TRAIN_STATE_FORMAT:
-            raise EdgefrError(f"{last_path}: carries no training state to resume from")
-        if resume_state["config"] != asdict(config) | {"methods": list(config.methods)}:
-            raise EdgefrError(f"{last_path}: was written with other settings ({resume_state['config']}); resume "
-                              "with the same options or start a new --out")
+    if resume_state is not None:
         total_steps = resume_state.get("total_steps", config.epochs * steps_per_epoch)
         seconds_per_step = resume_state.get("probed_seconds_per_step")
     else:
