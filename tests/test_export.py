@@ -179,7 +179,18 @@ def test_cli_export_writes_report_fails_a_tight_check_and_eval_reads_the_metadat
     (entry,) = report["exports"]
     assert {c["name"]: c["passed"] for c in entry["checks"]} == {"mean_cosine": False, "min_cosine": None,
                                                                  "lfw_drop_pp": True}
-    assert "| tflite fp32 |" in (out / "export_report.md").read_text()
+    written = (out / "export_report.md").read_text()
+    assert "| tflite fp32 |" in written
+    drop = next(c for c in entry["checks"] if c["name"] == "lfw_drop_pp")
+    line = next(text for text in written.splitlines() if text.startswith("- lfw_drop_pp:"))
+    assert "(<= 0.1" in line and ("sampling error" in line) == (drop["allowance"] > 0), line
+    # A report written before checks had allowances still renders, without one.
+    from edgefr.export.report import markdown
+
+    for check in entry["checks"]:
+        del check["allowance"]
+    old_line = next(text for text in markdown(report).splitlines() if text.startswith("- lfw_drop_pp:"))
+    assert "(<= 0.1) pass" in old_line, old_line
 
     exported = Path(entry["file"])
     declared = json.loads(read_tflite_metadata(exported)["edgefr.preprocessing"])

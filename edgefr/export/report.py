@@ -56,9 +56,10 @@ def markdown(report: dict) -> str:
         lines += [f"- {note}" for note in graph["notes"]]
         for check in entry["checks"]:
             verdict = {True: "pass", False: "**FAIL**", None: "not checked"}[check["passed"]]
-            allowance = f" {'-' if check['bound'] == 'min' else '+'} {check['allowance']:.2g} sampling error"
+            allowance = check.get("allowance")  # reports written before allowances lack the key
+            allowed = f" {'-' if check['bound'] == 'min' else '+'} {allowance:.2g} sampling error" if allowance else ""
             limit = ("" if check["limit"] is None else f" ({'>=' if check['bound'] == 'min' else '<='} "
-                     f"{check['limit']:g}{allowance if check.get('allowance') else ''})")
+                     f"{check['limit']:g}{allowed})")
             lines.append(f"- {check['name']}: {_fmt(check['value'], '.5g', check['unit'])}{limit} {verdict}"
                          + (f"; {check['note']}" if check["note"] else ""))
         lines += [f"- warning: {warning}" for warning in entry["warnings"]]
