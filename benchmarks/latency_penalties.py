@@ -5,8 +5,8 @@ multiplicative loss * 0.2 * log(E[lat] ms)^0.6.
   python benchmarks/latency_penalties.py --run host-tflite-int8:2 --penalty fbnet
 
 Per DEVICE:BUDGET and penalty: `edgefr search --no-train --latency-penalty P` (search, fit, measure; kept in
-OUT/<penalty>-<device>-<ms>ms, its summary in benchmark.json, reused by a rerun with the same options). Prints, per
-run, what the search alone reached and what the fit then had to do:
+OUT/<penalty>-<device>-<ms>ms with its report.json and search_minutes.json, reused by a rerun with the same
+options). Prints, per run, what the search alone reached and what the fit then had to do:
 - E[lat] / budget at the end of the search, and its range over the last quarter of the steps (how settled it is);
 - the most probable architecture's calibrated prediction / budget (the search's own answer, before the fit);
 - how many decisions (a width, a depth step, a layer's block, an activation) the fitted result differs from it in:
@@ -48,15 +48,16 @@ def run_one(penalty: str, device_name: str, budget: float, steps: int, seed: int
     config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), steps=steps, seed=seed,
                           latency_penalty=penalty, checkpoint_every=max(1, min(20, steps // 4)))
     run = out / f"{penalty}-{device_name}-{budget:g}ms"
-    if (run / "benchmark.json").is_file():
+    minutes_path = run / "search_minutes.json"
+    if minutes_path.is_file():  # written last: the run's report.json is complete
         check_searched_alike(run, config)
-        return json.loads((run / "benchmark.json").read_text())
+        return {**json.loads((run / "report.json").read_text()), **json.loads(minutes_path.read_text())}
     ensure_table(device_name, click.echo)
     started = time.perf_counter()
     summary = run_pipeline(config, teacher, data, run, train=False, resume=(run / "search_state.pt").is_file())
-    summary["search_minutes"] = (time.perf_counter() - started) / 60
-    (run / "benchmark.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    return summary
+    timing = {"search_minutes": (time.perf_counter() - started) / 60}
+    minutes_path.write_text(json.dumps(timing) + "\n")
+    return {**summary, **timing}
 
 
 def row(penalty: str, device_name: str, budget: float, summary: dict) -> dict:

@@ -95,7 +95,7 @@ def layer_choices(activations: str | None, kernels: str | None, expansions: str 
 @click.option("--kernels", help="Depthwise kernel sizes its blocks may use [all: 3,5].")
 @click.option("--expansions", help="Expansions its inverted residuals may use [all: 2,4].")
 @click.option("--latency-penalty", default="lagrangian", show_default=True,
-              type=click.Choice(["lagrangian", "fbnet"]),
+              type=click.Choice(["lagrangian", "fbnet"]),  # engine.LATENCY_PENALTIES, which would import torch
               help="lagrangian: + lambda * E[lat] / budget, lambda by dual ascent to 0.95 x budget; fbnet: loss x "
                    "0.2 log(E[lat] ms)^0.6 (no budget: the fit does all of it).")
 @click.option("--embedding", default=128, show_default=True, type=click.Choice(["128", "512"]))
