@@ -184,14 +184,16 @@ def test_several_devices_need_one_binding_budget_and_none_below_its_range(ort):
         check_reachable(MFN_SPACE, [on_ort(5.0), on_int8(int8_range[0] / 3)], 128, 512)
 
 
-def test_cli_unreachable_budget_is_a_one_line_error_with_the_range(host_tables_here):
-    result = run_edgefr("search", "--latency-ms", "0.01", "--no-train")
+def test_cli_unreachable_budget_is_a_one_line_error_with_the_range(tmp_path, host_tables_here):
+    result = run_edgefr("search", "--latency-ms", "0.01", "--no-train", "--out", str(tmp_path / "run"))
     assert_one_line_error(result, "--latency-ms 0.01 is not reachable on host-ort", "ms there (predicted)")
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 def test_cli_missing_data_folder_is_a_one_line_error(tmp_path, host_tables_here):
-    assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--data", str(tmp_path / "nowhere")),
-                          "nowhere")
+    assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--data", str(tmp_path / "nowhere"),
+                                     "--out", str(tmp_path / "run")), "nowhere")
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_choices_outside_the_space_are_one_line_errors():

@@ -124,8 +124,8 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
                  distill_minutes: float | None = None, resume: bool = False, log=print) -> dict:
     """The whole job. distill_minutes: a time box for the distillation's training steps on this machine (at most
     `distill_epochs` epochs); the searched student's training speed is not known before it is searched."""
-    out.mkdir(parents=True, exist_ok=True)
     arch_path, measured_path = out / "arch.json", out / "measured.json"
+    # The search makes `out` at its first checkpoint: a command failing on its input leaves no empty run folder.
     supernet, state, budgets, _, devices = run_search(config, teacher, data, out, resume=resume, log=log)
     if resume and arch_path.is_file() and measured_path.is_file():
         arch = load_arch_file(arch_path)
