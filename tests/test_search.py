@@ -46,6 +46,30 @@ def test_sampled_paths_are_points_of_the_space():
     assert MFN_SPACE.validate(net.derive()) is not None
 
 
+def test_choice_probabilities_read_the_learned_distributions():
+    """The report's "what the search decided": per choice of an architecture, its learned and uniform probability."""
+    from edgefr.search.report import decisions_line
+
+    net = SuperNet(MFN_SPACE, 128)
+    with torch.no_grad():
+        net.alpha["width1"][2] = math.log(3.0)  # [1, 1, 3, 1] / 6: the third width, p 0.5 against 0.25
+        net.alpha["depth2"][4] = 2.0
+        net.alpha["layers2"][1, 5] = 1.0
+    arch = net.derive()
+    decided = net.choice_probabilities(arch)
+    assert arch.stages[1].width == MFN_SPACE.stages[1].widths[2]
+    assert decided["stages"][1]["width"] == {"p": 0.5, "uniform": 0.25}
+    assert decided["stages"][0]["width"] == {"p": 0.25, "uniform": 0.25}
+    depth = math.exp(2.0) / (math.exp(2.0) + 7)
+    assert decided["stages"][2]["depth"]["p"] == pytest.approx(depth, abs=1e-4)
+    blocks = decided["stages"][2]["layers"]
+    assert len(blocks) == len(arch.stages[2].layers) == MFN_SPACE.stages[2].depths[4]
+    assert blocks[1]["p"] == pytest.approx(math.e / (math.e + 7), abs=1e-4) and blocks[0]["p"] == 0.125
+    assert decided["stem_act"] == {"p": 0.5, "uniform": 0.5}
+    assert decisions_line(decided).startswith("learned probability of its choices (uniform): widths 0.25 (0.25), "
+                                              "0.50 (0.25)")
+
+
 @pytest.mark.skipif(not CELEBA.is_dir(), reason="../shared/faces/celeba is absent")
 def test_architecture_gradients_come_from_the_kd_loss_and_from_latency(ort, tmp_path):
     """AKD: the KD loss itself must move the architecture distributions (score function), as the LUT term does."""
@@ -299,6 +323,11 @@ def test_tiny_search_meets_the_budget_measured_and_resumes_after_a_kill(tmp_path
         budget["predicted_ms"], rel=1e-6)
     assert len(report["blocks"]) == 2 + sum(len(s["layers"]) for s in report["arch"]["stages"])
     assert (tmp_path / "whole" / "report.md").is_file() and (tmp_path / "whole" / "report.png").stat().st_size > 0
+    # How decided the search was about each of the result's choices: one block probability per layer.
+    assert [len(s["layers"]) for s in report["decisions"]["stages"]] == [len(s["layers"])
+                                                                         for s in report["arch"]["stages"]]
+    assert "learned probability of its choices (uniform): widths" in whole.stdout
+    assert "## What the search decided" in (tmp_path / "whole" / "report.md").read_text()
     # Kill a second run once it has checkpointed, then resume it: it must end where the uninterrupted run did.
     process = subprocess.Popen(tiny_search(tmp_path / "killed", faces), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)

@@ -156,7 +156,12 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         "params": count_params(model), "mflops": count_flops(model) / 1e6, "search": {
             "steps": state.step, "config": {k: v for k, v in config.__dict__.items()}, "trajectory": state.trajectory},
         "measurement_rounds": measured["rounds"],
+        # How far the search's distributions had settled on what the result chose (the fit may move off them).
+        "decisions": supernet.choice_probabilities(arch),
     }
+    from edgefr.search.report import decisions_line, write_report
+
+    log(decisions_line(summary["decisions"]))
     if train:
         from edgefr.distill import SHORT_RUN_RECIPE, distill
 
@@ -174,8 +179,6 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         summary["training"] = {"epochs": distill_epochs, "time_box_minutes": distill_minutes,
                                "recipe": SHORT_RUN_RECIPE, "history": outcome.history}
         summary["accuracy"] = evaluate_student(outcome.student)
-    from edgefr.search.report import write_report
-
     write_report(out, summary)
     return summary
 

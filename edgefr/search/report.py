@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from edgefr.space import arch_from_dict
 
 
@@ -32,6 +34,7 @@ def _markdown(summary: dict) -> str:
                  f"`{b['block']}`"] + [f"{b['predicted_ms'][d]:.3f}" for d in devices]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"Stem {arch.stem_act}, head {arch.head_width} {arch.head_act}, embedding {arch.embedding}.", ""]
+    lines += _decision_lines(summary["decisions"])
     if "accuracy" in summary:
         lines += ["## Accuracy", "", "| set | accuracy % | std |", "|---|---|---|"]
         for name, result in summary["accuracy"].items():
@@ -48,6 +51,42 @@ def _markdown(summary: dict) -> str:
                          f"{_per_device(c['measured_ms'])} | {c['measured_over_budget']:.3f} |")
     lines += ["", "![trajectories](report.png)", ""]
     return "\n".join(lines)
+
+
+def _probability(choice: dict) -> str:
+    return f"{choice['p']:.2f} ({choice['uniform']:.2f})"
+
+
+def _median_block_probability(decisions: dict) -> tuple[float, float] | None:
+    blocks = [c for stage in decisions["stages"] for c in stage["layers"]]
+    if not blocks:
+        return None
+    return (float(np.median([c["p"] for c in blocks])), float(np.median([c["uniform"] for c in blocks])))
+
+
+def decisions_line(decisions: dict) -> str:
+    """One line: the learned probability of the result's stage widths, depths and (median) layer blocks."""
+    stages = decisions["stages"]
+    line = ("learned probability of its choices (uniform): widths "
+            + ", ".join(_probability(s["width"]) for s in stages)
+            + "; depths " + ", ".join(_probability(s["depth"]) for s in stages))
+    blocks = _median_block_probability(decisions)
+    return line + ("" if blocks is None else f"; layer blocks, median {blocks[0]:.2f} ({blocks[1]:.2f})")
+
+
+def _decision_lines(decisions: dict) -> list[str]:
+    """What the search learned about each choice of this architecture: a choice near its uniform probability was
+    left undecided by the search (the argmax of near-equal probabilities), whatever the fit then made of it."""
+    lines = ["## What the search decided", "",
+             "Learned probability of each choice this architecture makes, and in brackets the uniform one (1 / its "
+             "options); a probability near the uniform one is a choice the search left open.", "",
+             "| stage | width | depth | layer blocks |", "|---|---|---|---|"]
+    for s, stage in enumerate(decisions["stages"]):
+        lines.append(f"| {s} | {_probability(stage['width'])} | {_probability(stage['depth'])} | "
+                     + (", ".join(_probability(c) for c in stage["layers"]) or "-") + " |")
+    lines += ["", f"Stem activation {_probability(decisions['stem_act'])}, head activation "
+              f"{_probability(decisions['head_act'])}.", ""]
+    return lines
 
 
 def _training_lines(training: dict) -> list[str]:

@@ -14,6 +14,8 @@ face recognition), per layer a distribution over the stage's candidates, and ste
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,6 +151,26 @@ class SuperNet(nn.Module):
                     (f"depth{s}", (stage.depths.index(len(st.layers)),))]
             out += [(f"layers{s}", (j, stage.candidates.index(c))) for j, c in enumerate(st.layers)]
         return out
+
+    def choice_probabilities(self, arch: Arch) -> dict:
+        """How decided the search was about each choice `arch` makes: the learned probability of that choice and
+        the uniform one (1 / its options), per stem and head activation, stage width and depth, and layer block."""
+        with torch.no_grad():
+            probs = {name: logits.softmax(-1) for name, logits in self.alpha.items()}
+
+        def choice(name: str, index: tuple[int, ...]) -> dict:
+            return {"p": round(float(probs[name][index]), 4), "uniform": round(1 / probs[name].shape[-1], 4)}
+
+        decided: dict = {"stages": [{"layers": []} for _ in arch.stages]}
+        for name, index in self.decisions(arch):
+            per_stage = re.fullmatch(r"(width|depth|layers)(\d+)", name)
+            if per_stage is None:
+                decided[name] = choice(name, index)
+            elif per_stage[1] == "layers":
+                decided["stages"][int(per_stage[2])]["layers"].append(choice(name, index))
+            else:
+                decided["stages"][int(per_stage[2])][per_stage[1]] = choice(name, index)
+        return decided
 
     def log_prob(self, arch: Arch) -> torch.Tensor:
         """log p(arch) under the current distributions (the gradient the score-function estimator needs)."""
