@@ -204,6 +204,7 @@ def format_differences(rows: list[dict]) -> str:
 @click.option("--teacher", default="sface")
 @click.option("--data", help="Training faces [$EDGEFR_DATA or ../shared/faces/celeba].")
 @click.option("--kd", default="proxyless,mimic", help="KD objective guiding the search.")
+@click.option("--margin-weight", default=1.0, help="Its margin-softmax weight (as edgefr search).")
 @click.option("--steps", default=300, help="Search steps.")
 @click.option("--activations", help="Activations the searched students may use (as edgefr search).")
 @click.option("--kernels", help="Kernel sizes they may use (as edgefr search).")
@@ -214,14 +215,15 @@ def format_differences(rows: list[dict]) -> str:
 @click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path), multiple=True,
               help="Evaluate the students train.sh wrote here instead of training them; repeat once per seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
-def main(runs, teacher, data, kd, steps, activations, kernels, expansions, epochs, distill_minutes, train_elsewhere,
-         students, out) -> None:
+def main(runs, teacher, data, kd, margin_weight, steps, activations, kernels, expansions, epochs, distill_minutes,
+         train_elsewhere, students, out) -> None:
     data = data or default_data()
     choices = layer_choices(activations, kernels, expansions)
     plan = []
     for device_name, budget in map(parse_run, runs):
-        config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")), steps=steps,
-                              checkpoint_every=max(1, min(20, steps // 4)), **choices)
+        config = SearchConfig(devices=(device_name,), budgets_ms=(budget,), methods=tuple(kd.split(",")),
+                              margin_weight=margin_weight, steps=steps, checkpoint_every=max(1, min(20, steps // 4)),
+                              **choices)
         plan.append(search_and_match(device_name, budget, config, teacher, data,
                                      out / run_name(device_name, budget)))
     if train_elsewhere:

@@ -7,17 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from edgefr.devices import resolve_device
-from edgefr.distill.losses import Objective
 from edgefr.errors import EdgefrError
 from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
-from edgefr.search.engine import SampledPath, architecture_loss
+from edgefr.search.engine import SampledPath, SearchConfig, architecture_loss, guiding_objective
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, resolve_arch
 from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
@@ -85,10 +85,16 @@ def test_architecture_gradients_come_from_the_kd_loss_and_from_latency(ort, tmp_
     teacher = torch.from_numpy(load_teacher("sface").embed(images.permute(0, 2, 3, 1).numpy()))
     net = SuperNet(MFN_SPACE, 128)
     path = SampledPath(net)
-    objective = Objective(path, ("mimic",), num_classes=4, teacher_dim=teacher.shape[1])
     path.arch, _ = net.sample(torch.Generator().manual_seed(1))
-    loss, parts = objective(to_model_input(images, STUDENT_PREPROCESSING), labels, teacher)
-    assert parts["mimic"] > 0
+    inputs = to_model_input(images, STUDENT_PREPROCESSING)
+    # The search's guidance is the distillation objective of its config: --margin-weight 0 leaves the mimic alone.
+    config = SearchConfig(devices=("host-ort",), budgets_ms=(4.0,), methods=("mimic",))
+    with torch.no_grad():
+        _, weighted = guiding_objective(config, path, 4, teacher.shape[1], None)(inputs, labels, teacher)
+    assert weighted["margin"] > 1.0
+    objective = guiding_objective(replace(config, margin_weight=0.0), path, 4, teacher.shape[1], None)
+    loss, parts = objective(inputs, labels, teacher)
+    assert parts["margin"] == 0 and parts["mimic"] > 0 and loss.item() == pytest.approx(parts["mimic"].item())
     kd_term = (loss.detach() - 0.5 * loss.detach()) * net.log_prob(path.arch)
     kd_term.backward()
     kd_grads = {k: v.grad.clone() for k, v in net.alpha.items()}
@@ -135,19 +141,21 @@ def test_latency_penalties_have_the_gradients_of_their_formulas(ort, penalty):
 def test_a_kept_search_state_is_checked_before_any_work(tmp_path):
     """--resume with other options names them, and a run folder holding a search is not overwritten without
     --resume: both before the teacher's embeddings (minutes), so no data is even read (the folder is absent)."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
-    from edgefr.search.engine import STATE_FORMAT, SearchConfig, run_search
+    from edgefr.search.engine import STATE_FORMAT, run_search
 
     config = SearchConfig(devices=("host-ort",), budgets_ms=(4.0,))
-    older = {k: v for k, v in asdict(replace(config, steps=100)).items() if k != "latency_penalty"}
+    older = {k: v for k, v in asdict(replace(config, steps=100)).items()
+             if k not in ("latency_penalty", "margin_weight")}
     torch.save({"format": STATE_FORMAT, "config": older}, tmp_path / "search_state.pt")
     absent = tmp_path / "no-faces"
     with pytest.raises(EdgefrError, match=r"search_state.pt: written by a search with other settings \(steps\)"):
         run_search(config, "sface", absent, tmp_path, resume=True)
     with pytest.raises(EdgefrError, match="already holds a search"):
         run_search(config, "sface", absent, tmp_path)
-    # A record without a field added since (latency_penalty) had its default: only steps differ above.
+    # A record without the fields added since (latency_penalty, margin_weight) ran with their defaults: only steps
+    # differ above.
     assert replace(config, steps=100).differing(older) == []
 
 

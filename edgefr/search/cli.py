@@ -84,6 +84,8 @@ def layer_choices(activations: str | None, kernels: str | None, expansions: str 
 @click.option("--data", help="ImageFolder of aligned faces [$EDGEFR_DATA, else ../shared/faces/celeba].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder [runs/search-<ms>ms].")
 @click.option("--kd", default="proxyless,mimic", show_default=True, help="Distillation methods guiding the search.")
+@click.option("--margin-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the margin-softmax loss in that guidance (0: regress the teacher's embedding alone).")
 @click.option("--steps", default=300, show_default=True, help="Search steps (one sampled architecture each).")
 @click.option("--warmup-steps", default=60, show_default=True, help="Steps training weights before the arch.")
 @click.option("--batch-size", default=32, show_default=True)
@@ -103,9 +105,9 @@ def layer_choices(activations: str | None, kernels: str | None, expansions: str 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps, batch_size, distill_epochs,
-                   distill_minutes, activations, kernels, expansions, latency_penalty, embedding, max_images, seed,
-                   no_train, resume) -> None:
+def search_command(budgets, devices, teacher, data, out, kd, margin_weight, steps, warmup_steps, batch_size,
+                   distill_epochs, distill_minutes, activations, kernels, expansions, latency_penalty, embedding,
+                   max_images, seed, no_train, resume) -> None:
     """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
 
     \b
@@ -121,7 +123,8 @@ def search_command(budgets, devices, teacher, data, out, kd, steps, warmup_steps
         ensure_table(device, click.echo)
     data = data or default_data()
     out = out or Path("runs") / f"search-{'-'.join(f'{b:g}' for b in budgets)}ms"
-    config = SearchConfig(devices=tuple(devices), budgets_ms=tuple(budgets), methods=parse_methods(kd), steps=steps,
+    config = SearchConfig(devices=tuple(devices), budgets_ms=tuple(budgets), methods=parse_methods(kd),
+                          margin_weight=margin_weight, steps=steps,
                           warmup_steps=min(warmup_steps, steps), batch_size=batch_size, embedding=int(embedding),
                           seed=seed, max_images=max_images, latency_penalty=latency_penalty, **choices,
                           checkpoint_every=max(1, min(20, steps // 4)))  # at least 4 checkpoints per search

@@ -2,7 +2,8 @@
 
 Objective, per step (ProxylessNAS path sampling over the `SuperNet`):
 - weights: one sampled architecture trained on a training batch with the distillation objective
-  (ProxylessKD margin softmax on the teacher's inherited classifier + embedding mimic by default);
+  (ProxylessKD margin softmax on the teacher's inherited classifier + embedding mimic by default; `margin_weight`
+  scales the margin softmax, 0 leaves the mimic alone: `guiding_objective`);
 - architecture: another sampled architecture scored on held-out images of the training identities with the
   same objective; its score-function (REINFORCE) gradient, (loss - baseline) * grad log p(arch), lets the KD
   loss choose the architecture (AKD: the best student depends on the teacher), and the expected latency from
@@ -52,6 +53,7 @@ class SearchConfig:
     devices: tuple[str, ...]
     budgets_ms: tuple[float, ...]
     methods: tuple[str, ...] = ("proxyless", "mimic")
+    margin_weight: float = 1.0  # the margin-softmax part of the guiding loss (0: the teacher's embedding alone)
     steps: int = 300
     warmup_steps: int = 60  # weights only: a score needs somewhat trained shared weights to mean anything
     batch_size: int = 32
@@ -99,6 +101,14 @@ def architecture_loss(penalty: str, advantage: float, log_prob: torch.Tensor, ex
     factor = math.prod(FBNET_ALPHA * torch.log(ms.clamp(min=FBNET_FLOOR_MS)) ** FBNET_BETA  # fbnet
                        for ms in expected_ms.values())
     return factor.detach() * advantage * log_prob + baseline * factor
+
+
+def guiding_objective(config: SearchConfig, path: torch.nn.Module, num_classes: int, teacher_dim: int,
+                      centres: torch.Tensor | None) -> Objective:
+    """The distillation objective of `config` (--kd, --margin-weight) on the sampled path: it trains the shared
+    weights and scores the architectures."""
+    return Objective(path, parse_methods(",".join(config.methods)), num_classes, teacher_dim, centres,
+                     margin_weight=config.margin_weight)
 
 
 class SampledPath(torch.nn.Module):
@@ -203,7 +213,7 @@ def run_search(config: SearchConfig, teacher, data, out: Path, resume: bool = Fa
     centres = class_centres(teacher_model, targets, labels, split) if "proxyless" in methods else None
     supernet = SuperNet(space, config.embedding).to(memory_format=FAST_LAYOUT)
     path = SampledPath(supernet)
-    objective = Objective(path, methods, split.num_classes, teacher_model.embedding_dim, centres)
+    objective = guiding_objective(config, path, split.num_classes, teacher_model.embedding_dim, centres)
     weights = [p for n, p in objective.named_parameters() if ".alpha." not in n and p.requires_grad]
     weight_opt = torch.optim.AdamW(weights, lr=config.lr, weight_decay=5e-4)
     arch_opt = torch.optim.Adam(supernet.alpha.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
