@@ -1,5 +1,6 @@
 """The architecture search: supernet, gradients from both objectives, budget fitting, and real tiny searches."""
 
+import csv
 import json
 import math
 import shutil
@@ -14,12 +15,13 @@ import pytest
 import torch
 
 from edgefr.devices import resolve_device
+from edgefr.distill.engine import held_out_agreement
 from edgefr.errors import EdgefrError
 from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
 from edgefr.search.engine import SampledPath, SearchConfig, architecture_loss, guiding_objective
 from edgefr.search.supernet import SuperNet
-from edgefr.space import MFN_SPACE, resolve_arch
+from edgefr.space import MFN_SPACE, load_student, resolve_arch
 from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
 
 
@@ -237,6 +239,12 @@ def test_cli_choices_outside_the_space_are_one_line_errors():
                           "--expansions: 6; expected a comma-separated subset of 2, 4")
 
 
+def test_cli_finalists_without_training_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_edgefr("search", "--latency-ms", "5", "--finalists", "3", "--no-train", "--out",
+                                     str(tmp_path / "run")), "--finalists 3 ranks architectures by distilling them")
+    assert not (tmp_path / "run").exists()
+
+
 def run_search_vs_baselines(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "benchmarks/search_vs_baselines.py", *args], capture_output=True,
                           text=True, timeout=300, cwd=Path(__file__).parent.parent)
@@ -359,3 +367,41 @@ def test_tiny_search_meets_the_budget_measured_and_resumes_after_a_kill(tmp_path
     assert searched[0] == searched[1]
     killed_report = json.loads((tmp_path / "killed" / "report.json").read_text())
     assert 0.90 <= killed_report["budgets"][0]["measured_over_budget"] <= 1.00
+
+
+@pytest.mark.slow
+def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_teacher_wins(tmp_path,
+                                                                                           host_tables_here):
+    faces = first_identities(tmp_path / "faces", 6)
+    out = tmp_path / "run"
+    command = tiny_search(out, faces, "--finalists", "2", "--distill-epochs", "1", "--distill-minutes", "0")
+    command.remove("--no-train")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fitted = json.loads((out / "finalists.json").read_text())["finalists"]
+    assert len(fitted) == 2 and fitted[0]["arch"]["stages"] != fitted[1]["arch"]["stages"]
+    assert all(0.90 <= f["measured_ms"]["host-ort"] / 3 <= 1.00 for f in fitted), fitted
+    report = json.loads((out / "report.json").read_text())
+    finalists = report["finalists"]
+    # Each finalist was distilled on its own (best.pt by validation accuracy); the one whose held-out embeddings
+    # agree best with the teacher's is the result.
+    validation = [max(float(row["val_accuracy"]) for row in csv.DictReader(
+        (out / "finalists" / str(i) / "metrics.csv").open())) for i in (1, 2)]
+    assert [f["val_accuracy"] for f in finalists] == pytest.approx(validation, abs=1e-6)
+    agreements = [held_out_agreement(load_student(out / "finalists" / str(i) / "best.pt")[0], "sface", faces)
+                  for i in (1, 2)]
+    assert [f["teacher_agreement"] for f in finalists] == pytest.approx(agreements, abs=1e-4)
+    (chosen,) = [f for f in finalists if f["chosen"]]
+    assert chosen["teacher_agreement"] == max(agreements)
+    assert report["arch"] == chosen["arch"] == json.loads((out / "arch.json").read_text())
+    assert report["budgets"][0]["measured_ms"] == chosen["measured_ms"]["host-ort"]
+    assert f"{chosen['name']} (" in result.stdout and "<- chosen" in result.stdout
+    assert "## Finalists" in (out / "report.md").read_text()
+    # A resumed run reuses the fitted finalists, and refuses another count of them.
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "finalists.json already fitted and measured" in resumed.stdout
+    assert json.loads((out / "report.json").read_text())["arch"] == chosen["arch"]
+    other = [*command, "--resume"]
+    other[other.index("--finalists") + 1] = "3"
+    assert_one_line_error(run_edgefr(*other[3:]), "finalists.json: fitted for --finalists 2; resume with that")

@@ -4,15 +4,18 @@ report. Each phase leaves a file in the run folder, and a rerun with `--resume` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 from edgefr.errors import EdgefrError
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_networks, speed_against_table
 from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
-from edgefr.space import count_flops, count_params, create_model, load_arch_file
+from edgefr.space import arch_from_dict, count_flops, count_params, create_model, load_arch_file
 
 MEASURE_ROUNDS = 6
 # Each round fits one candidate per aim (corrected prediction / budget, +- AIM_HALF_WIDTH) and measures them together.
@@ -20,6 +23,10 @@ CANDIDATE_AIMS = (0.92, 0.95, 0.98)
 AIM_HALF_WIDTH = 0.015
 WINDOW_CENTRE = sum(WINDOW) / 2
 EDGE_MARGIN = 0.02
+# Starts sampled per finalist wanted: a sampled start whose fit misses the window, or repeats an earlier finalist,
+# is dropped.
+SAMPLES_PER_FINALIST = 4
+FINALISTS_FILE = "finalists.json"
 
 
 @dataclass
@@ -48,17 +55,18 @@ class _Candidate:
                 "measured_ms": self.measured_ms, "measured_over_budget": self.ratio}
 
 
-def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
-    """Fit the most probable architecture to the budget, measure, and refit until a measurement lands in the window.
+def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=None) -> Measured:
+    """Fit the most probable architecture (or `start`) to the budget, measure, and refit until a measurement lands
+    in the window.
 
     Whole-net prediction errors differ between architectures (by up to ~20% at small budgets on ORT: layout
     reorders and fusion at stage boundaries), and not monotonically, so a single candidate per round can oscillate
     around a 10%-wide window. Each round therefore fits a few candidates aimed across the window, starting from the
     best measured architecture so far and corrected by its own measured/predicted ratio (a correction is only valid
     near the architecture it was measured on), and measures them together in one agent call; the first round starts
-    from the most probable architecture, corrected by the machine state (`machine_states`). The result is the most
-    probable measured candidate inside the window (away from its edges if one is); failing that, the one closest to
-    the budget from below."""
+    from `start`, corrected by the machine state (`states`, else read now by `machine_states`). The result is the
+    most probable measured candidate inside the window (away from its edges if one is); failing that, the one
+    closest to the budget from below."""
     space = supernet.space
     alpha = {k: v.detach().clone() for k, v in supernet.alpha.items()}
     log_prob = supernet.frozen_log_prob()
@@ -69,7 +77,8 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
 
     measured: dict[str, _Candidate] = {}
     rounds, used_bases = [], set()
-    base, corrections = supernet.derive("searched"), machine_states(budgets, devices, log)
+    base = start or supernet.derive("searched")
+    corrections = dict(states or machine_states(budgets, devices, log))
     for round_index in range(MEASURE_ROUNDS):
         proposals: dict[str, _Candidate] = {}
         for aim in CANDIDATE_AIMS:
@@ -110,6 +119,35 @@ def fit_and_measure(supernet, budgets, devices, log=print) -> Measured:
     return Measured(best.arch, best.predicted_ms, best.measured_ms, rounds)
 
 
+def fit_finalists(supernet, budgets, devices, count: int, seed: int, log=print) -> list[Measured]:
+    """Up to `count` distinct architectures measured inside the window, for full training to rank (the weight-shared
+    score ranks trained accuracy poorly on this space). The first is `fit_and_measure`'s result; the others are fits
+    of architectures sampled from the learned distributions (as Teacher-guided NAS samples sizes from them), so
+    they differ where the search was least decided."""
+    states = machine_states(budgets, devices, log)
+    finalists = [fit_and_measure(supernet, budgets, devices, log, states=states)]
+    seen = {_shape(finalists[0].arch)}
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(SAMPLES_PER_FINALIST * (count - 1)):
+        if len(finalists) == count:
+            break
+        start, _ = supernet.sample(generator)
+        log(f"finalist {len(finalists) + 1}: fitting a sample of the learned distributions")
+        result = fit_and_measure(supernet, budgets, devices, log, start=start, states=states)
+        ratio = max(result.measured_ms[b.device] / b.budget_ms for b in budgets)
+        if WINDOW[0] <= ratio <= WINDOW[1] and _shape(result.arch) not in seen:
+            seen.add(_shape(result.arch))
+            finalists.append(replace(result, arch=replace(result.arch, name=f"searched-{len(finalists) + 1}")))
+    if len(finalists) < count:
+        log(f"{len(finalists)} distinct finalists inside the window after {SAMPLES_PER_FINALIST * (count - 1)} "
+            "samples; training those")
+    return finalists
+
+
+def _shape(arch) -> str:
+    return replace(arch, name="").to_json()
+
+
 def machine_states(budgets, devices, log=print) -> dict[str, float]:
     """Per device, how fast its blocks run now against their table times (`speed_against_table`, seconds): a shared
     host drifts by up to ~20% between the profile and a search, and the first fit round aims with this instead of
@@ -121,22 +159,43 @@ def machine_states(budgets, devices, log=print) -> dict[str, float]:
 
 
 def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool = True, distill_epochs: int = 2,
-                 distill_minutes: float | None = None, resume: bool = False, log=print) -> dict:
+                 distill_minutes: float | None = None, finalists: int = 1, resume: bool = False, log=print) -> dict:
     """The whole job. distill_minutes: a time box for the distillation's training steps on this machine (at most
-    `distill_epochs` epochs); the searched student's training speed is not known before it is searched."""
-    arch_path, measured_path = out / "arch.json", out / "measured.json"
+    `distill_epochs` epochs); the searched student's training speed is not known before it is searched.
+    finalists: how many fitted architectures to distill (`fit_finalists`); the one whose embeddings of the held-out
+    images of the training identities agree best with the teacher's (`held_out_agreement`; never the test sets)
+    becomes the result."""
+    check_finalists(finalists, train)
+    kept = kept_finalists(out, finalists, log) if resume else None  # checked before the search resumes
     # The search makes `out` at its first checkpoint: a command failing on its input leaves no empty run folder.
     supernet, state, budgets, _, devices = run_search(config, teacher, data, out, resume=resume, log=log)
-    if resume and arch_path.is_file() and measured_path.is_file():
-        arch = load_arch_file(arch_path)
-        measured = json.loads(measured_path.read_text())
-        log(f"resuming: {arch_path} already fitted and measured")
-    else:
-        result = fit_and_measure(supernet, budgets, devices, log)
-        arch = result.arch
+    candidates = kept or fitted_candidates(supernet, budgets, devices, finalists, config.seed, out, resume, log)
+    trained, agreements = [], []
+    if train:
+        from edgefr.distill import SHORT_RUN_RECIPE, distill
+        from edgefr.distill.engine import held_out_agreement
+
+        # The search ranked architectures with the KD objective (--kd); the searched students are distilled with
+        # the recipe measured best for short runs.
+        for i, (arch, _) in enumerate(candidates):
+            student_dir = out / "distill" if finalists == 1 else out / "finalists" / str(i + 1)
+            if finalists > 1:
+                log(f"distilling finalist {i + 1} of {len(candidates)} into {student_dir}")
+            trained.append(distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
+                                   resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
+                                   max_images=config.max_images,
+                                   time_budget_s=distill_minutes and 60 * distill_minutes, **SHORT_RUN_RECIPE))
+            if finalists > 1:
+                agreements.append(held_out_agreement(trained[-1].student, teacher, data, seed=config.seed,
+                                                     max_images=config.max_images))
+    # No held-out images (NaN): keep the most probable finalist, the first.
+    chosen = max(range(len(agreements)), key=lambda i: -math.inf if math.isnan(agreements[i]) else agreements[i],
+                 default=0)
+    arch, measured = candidates[chosen]
+    arch_path = out / "arch.json"
+    if finalists > 1:
         arch.save(arch_path)
-        measured = {"predicted_ms": result.predicted_ms, "measured_ms": result.measured_ms, "rounds": result.rounds}
-        measured_path.write_text(json.dumps(measured, indent=1) + "\n")
+        (out / "measured.json").write_text(json.dumps(measured, indent=1) + "\n")
     model = create_model(arch)
     # The device whose budget the student is closest to; with several devices the window applies to it, the
     # others only have to be under budget.
@@ -159,21 +218,19 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         # How far the search's distributions had settled on what the result chose (the fit may move off them).
         "decisions": supernet.choice_probabilities(arch),
     }
-    from edgefr.search.report import decisions_line, write_report
+    if finalists > 1:
+        summary["finalists"] = [finalist_record(*record, i == chosen)
+                                for i, record in enumerate(zip(candidates, trained, agreements))]
+    from edgefr.search.report import decisions_line, finalists_line, write_report
 
     log(decisions_line(summary["decisions"]))
+    if "finalists" in summary:
+        log(finalists_line(summary["finalists"]))
     if train:
-        from edgefr.distill import SHORT_RUN_RECIPE, distill
-
-        # The search ranked architectures with the KD objective (--kd); the searched student is distilled with the
-        # recipe measured best for short runs.
-        student_dir = out / "distill"
-        outcome = distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
-                          resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
-                          max_images=config.max_images, time_budget_s=distill_minutes and 60 * distill_minutes,
-                          **SHORT_RUN_RECIPE)
+        from edgefr.distill import SHORT_RUN_RECIPE
         from edgefr.space import save_student
 
+        outcome = trained[chosen]
         save_student(out / "student.pt", outcome.student, metrics=outcome.best, arch_file=str(arch_path))
         summary["student"] = str(out / "student.pt")
         summary["training"] = {"epochs": distill_epochs, "time_box_minutes": distill_minutes,
@@ -181,6 +238,54 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         summary["accuracy"] = evaluate_student(outcome.student)
     write_report(out, summary)
     return summary
+
+
+def check_finalists(finalists: int, train: bool) -> None:
+    if finalists > 1 and not train:
+        raise EdgefrError(f"--finalists {finalists} ranks architectures by distilling them; drop --no-train")
+
+
+def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Path, resume: bool,
+                      log=print) -> list[tuple]:
+    """(arch, measurement record) of each fitted architecture: one in arch.json + measured.json (reused by --resume),
+    or several in finalists.json (`kept_finalists`); the fit depends on measurements, so it is not redone."""
+    arch_path, measured_path = out / "arch.json", out / "measured.json"
+    if count == 1:
+        if resume and arch_path.is_file() and measured_path.is_file():
+            log(f"resuming: {arch_path} already fitted and measured")
+            return [(load_arch_file(arch_path), json.loads(measured_path.read_text()))]
+        result = fit_and_measure(supernet, budgets, devices, log)
+        result.arch.save(arch_path)
+        measured = {"predicted_ms": result.predicted_ms, "measured_ms": result.measured_ms, "rounds": result.rounds}
+        measured_path.write_text(json.dumps(measured, indent=1) + "\n")
+        return [(result.arch, measured)]
+    records = [{"arch": r.arch.to_dict(), "predicted_ms": r.predicted_ms, "measured_ms": r.measured_ms,
+                "rounds": r.rounds} for r in fit_finalists(supernet, budgets, devices, count, seed, log)]
+    path = out / FINALISTS_FILE
+    path.write_text(json.dumps({"schema": "edgefr.finalists/1", "requested": count, "finalists": records},
+                               indent=1) + "\n")
+    return [(arch_from_dict(record["arch"], str(path)), record) for record in records]
+
+
+def kept_finalists(out: Path, count: int, log=print) -> list[tuple] | None:
+    """The finalists a previous run fitted into `out` (None if none); a different --finalists is an error."""
+    path = out / FINALISTS_FILE
+    if not path.is_file():
+        return None
+    kept = json.loads(path.read_text())
+    if kept["requested"] != count:
+        raise EdgefrError(f"{path}: fitted for --finalists {kept['requested']}; resume with that")
+    log(f"resuming: {path} already fitted and measured")
+    return [(arch_from_dict(record["arch"], str(path)), record) for record in kept["finalists"]]
+
+
+def finalist_record(candidate: tuple, outcome, agreement: float, chosen: bool) -> dict:
+    arch, measured = candidate
+    model = create_model(arch)
+    return {"name": arch.name, "arch": arch.to_dict(), "widths": list(arch.widths()), "depths": list(arch.depths()),
+            "measured_ms": measured["measured_ms"], "params": count_params(model), "mflops": count_flops(model) / 1e6,
+            "teacher_agreement": agreement, "val_accuracy": outcome.best.get("val_accuracy"),
+            "best_epoch": outcome.best.get("epoch"), "chosen": chosen}
 
 
 def block_predictions(arch, devices) -> list[dict]:

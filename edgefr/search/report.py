@@ -35,6 +35,8 @@ def _markdown(summary: dict) -> str:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"Stem {arch.stem_act}, head {arch.head_width} {arch.head_act}, embedding {arch.embedding}.", ""]
     lines += _decision_lines(summary["decisions"])
+    if "finalists" in summary:
+        lines += _finalist_lines(summary["finalists"])
     if "accuracy" in summary:
         lines += ["## Accuracy", "", "| set | accuracy % | std |", "|---|---|---|"]
         for name, result in summary["accuracy"].items():
@@ -87,6 +89,33 @@ def _decision_lines(decisions: dict) -> list[str]:
     lines += ["", f"Stem activation {_probability(decisions['stem_act'])}, head activation "
               f"{_probability(decisions['head_act'])}.", ""]
     return lines
+
+
+def _shape(finalist: dict) -> str:
+    return " / ".join(f"{w} x {d}" for w, d in zip(finalist["widths"], finalist["depths"]))
+
+
+def finalists_line(finalists: list[dict]) -> str:
+    """One printed line: each finalist's stage widths x depths and held-out agreement, the chosen one marked."""
+    return "finalists by held-out cosine to the teacher: " + "; ".join(
+        f"{f['name']} ({_shape(f)}) {f['teacher_agreement']:.4f}" + (" <- chosen" if f["chosen"] else "")
+        for f in finalists)
+
+
+def _finalist_lines(finalists: list[dict]) -> list[str]:
+    devices = list(finalists[0]["measured_ms"])
+    lines = ["## Finalists", "", "Each fitted architecture was distilled with the same recipe; the one whose "
+             "embeddings of the held-out images of the training identities agree best with the teacher's (mean "
+             "cosine) is the result. Validation accuracy (pairs of those images) picked best.pt within each run.", "",
+             "| finalist | stage widths x depths | " + " | ".join(f"{d} measured ms" for d in devices)
+             + " | params | MFLOPs | held-out cosine to teacher | validation % | best epoch |",
+             "|---" * (7 + len(devices)) + "|"]
+    for f in finalists:
+        name = f"**{f['name']}** (chosen)" if f["chosen"] else f["name"]
+        lines.append(f"| {name} | {_shape(f)} | " + " | ".join(f"{f['measured_ms'][d]:.2f}" for d in devices)
+                     + f" | {f['params'] / 1e6:.3f}M | {f['mflops']:.1f} | {f['teacher_agreement']:.4f} | "
+                     f"{100 * f['val_accuracy']:.2f} | {f['best_epoch']} |")
+    return lines + [""]
 
 
 def _training_lines(training: dict) -> list[str]:
