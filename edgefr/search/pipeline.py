@@ -36,6 +36,10 @@ class Measured:
     measured_ms: dict[str, float]
     rounds: list[dict]
 
+    def record(self) -> dict:
+        """measured.json (and a finalists.json entry, with the arch)."""
+        return {"predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "rounds": self.rounds}
+
 
 @dataclass
 class _Candidate:
@@ -126,7 +130,7 @@ def fit_finalists(supernet, budgets, devices, count: int, seed: int, log=print) 
     they differ where the search was least decided."""
     states = machine_states(budgets, devices, log)
     finalists = [fit_and_measure(supernet, budgets, devices, log, states=states)]
-    seen = {_shape(finalists[0].arch)}
+    seen = {_structure(finalists[0].arch)}
     generator = torch.Generator().manual_seed(seed)
     for _ in range(SAMPLES_PER_FINALIST * (count - 1)):
         if len(finalists) == count:
@@ -135,8 +139,8 @@ def fit_finalists(supernet, budgets, devices, count: int, seed: int, log=print) 
         log(f"finalist {len(finalists) + 1}: fitting a sample of the learned distributions")
         result = fit_and_measure(supernet, budgets, devices, log, start=start, states=states)
         ratio = max(result.measured_ms[b.device] / b.budget_ms for b in budgets)
-        if WINDOW[0] <= ratio <= WINDOW[1] and _shape(result.arch) not in seen:
-            seen.add(_shape(result.arch))
+        if WINDOW[0] <= ratio <= WINDOW[1] and _structure(result.arch) not in seen:
+            seen.add(_structure(result.arch))
             finalists.append(replace(result, arch=replace(result.arch, name=f"searched-{len(finalists) + 1}")))
     if len(finalists) < count:
         log(f"{len(finalists)} distinct finalists inside the window after {SAMPLES_PER_FINALIST * (count - 1)} "
@@ -144,7 +148,8 @@ def fit_finalists(supernet, budgets, devices, count: int, seed: int, log=print) 
     return finalists
 
 
-def _shape(arch) -> str:
+def _structure(arch) -> str:
+    """`arch` without its name: finalists differ in structure."""
     return replace(arch, name="").to_json()
 
 
@@ -166,10 +171,10 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     images of the training identities agree best with the teacher's (`held_out_agreement`; never the test sets)
     becomes the result."""
     check_finalists(finalists, train)
-    kept = kept_finalists(out, finalists, log) if resume else None  # checked before the search resumes
+    kept = kept_candidates(out, finalists, log) if resume else None  # checked before the search resumes
     # The search makes `out` at its first checkpoint: a command failing on its input leaves no empty run folder.
     supernet, state, budgets, _, devices = run_search(config, teacher, data, out, resume=resume, log=log)
-    candidates = kept or fitted_candidates(supernet, budgets, devices, finalists, config.seed, out, resume, log)
+    candidates = kept or fitted_candidates(supernet, budgets, devices, finalists, config.seed, out, log)
     trained, agreements = [], []
     if train:
         from edgefr.distill import SHORT_RUN_RECIPE, distill
@@ -227,7 +232,6 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     if "finalists" in summary:
         log(finalists_line(summary["finalists"]))
     if train:
-        from edgefr.distill import SHORT_RUN_RECIPE
         from edgefr.space import save_student
 
         outcome = trained[chosen]
@@ -245,38 +249,36 @@ def check_finalists(finalists: int, train: bool) -> None:
         raise EdgefrError(f"--finalists {finalists} ranks architectures by distilling them; drop --no-train")
 
 
-def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Path, resume: bool,
-                      log=print) -> list[tuple]:
-    """(arch, measurement record) of each fitted architecture: one in arch.json + measured.json (reused by --resume),
-    or several in finalists.json (`kept_finalists`); the fit depends on measurements, so it is not redone."""
-    arch_path, measured_path = out / "arch.json", out / "measured.json"
+def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Path, log=print) -> list[tuple]:
+    """(arch, measurement record) of each fitted architecture, written where `kept_candidates` reads them: one in
+    arch.json + measured.json, several in finalists.json (arch.json is then the chosen one, after training)."""
     if count == 1:
-        if resume and arch_path.is_file() and measured_path.is_file():
-            log(f"resuming: {arch_path} already fitted and measured")
-            return [(load_arch_file(arch_path), json.loads(measured_path.read_text()))]
         result = fit_and_measure(supernet, budgets, devices, log)
-        result.arch.save(arch_path)
-        measured = {"predicted_ms": result.predicted_ms, "measured_ms": result.measured_ms, "rounds": result.rounds}
-        measured_path.write_text(json.dumps(measured, indent=1) + "\n")
-        return [(result.arch, measured)]
-    records = [{"arch": r.arch.to_dict(), "predicted_ms": r.predicted_ms, "measured_ms": r.measured_ms,
-                "rounds": r.rounds} for r in fit_finalists(supernet, budgets, devices, count, seed, log)]
-    path = out / FINALISTS_FILE
-    path.write_text(json.dumps({"schema": "edgefr.finalists/1", "requested": count, "finalists": records},
-                               indent=1) + "\n")
-    return [(arch_from_dict(record["arch"], str(path)), record) for record in records]
+        result.arch.save(out / "arch.json")
+        (out / "measured.json").write_text(json.dumps(result.record(), indent=1) + "\n")
+        return [(result.arch, result.record())]
+    fitted = fit_finalists(supernet, budgets, devices, count, seed, log)
+    records = [{"arch": r.arch.to_dict(), **r.record()} for r in fitted]
+    (out / FINALISTS_FILE).write_text(json.dumps({"schema": "edgefr.finalists/1", "requested": count,
+                                                  "finalists": records}, indent=1) + "\n")
+    return [(r.arch, record) for r, record in zip(fitted, records)]
 
 
-def kept_finalists(out: Path, count: int, log=print) -> list[tuple] | None:
-    """The finalists a previous run fitted into `out` (None if none); a different --finalists is an error."""
+def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
+    """What `fitted_candidates` wrote into `out` before (None if nothing): the fit depends on measurements, so a
+    resumed run does not redo it. Finalists fitted for another --finalists are an error."""
     path = out / FINALISTS_FILE
-    if not path.is_file():
-        return None
-    kept = json.loads(path.read_text())
-    if kept["requested"] != count:
-        raise EdgefrError(f"{path}: fitted for --finalists {kept['requested']}; resume with that")
-    log(f"resuming: {path} already fitted and measured")
-    return [(arch_from_dict(record["arch"], str(path)), record) for record in kept["finalists"]]
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept["requested"] != count:
+            raise EdgefrError(f"{path}: fitted for --finalists {kept['requested']}; resume with that")
+        log(f"resuming: {path} already fitted and measured")
+        return [(arch_from_dict(record["arch"], str(path)), record) for record in kept["finalists"]]
+    arch_path, measured_path = out / "arch.json", out / "measured.json"
+    if count == 1 and arch_path.is_file() and measured_path.is_file():
+        log(f"resuming: {arch_path} already fitted and measured")
+        return [(load_arch_file(arch_path), json.loads(measured_path.read_text()))]
+    return None
 
 
 def finalist_record(candidate: tuple, outcome, agreement: float, chosen: bool) -> dict:
