@@ -18,6 +18,12 @@ per seed (`train.sh DATA S1 --seed 1`); given several `--students` folders, the 
 seeds and a second table the searched-minus-baseline difference of each seed (same seed, same data order).
 Each evaluation is kept beside its checkpoint (`best.eval.json`), so an interrupted evaluation resumes.
 Each run's search is kept too (OUT/RUN/plan.json) and reused only by a rerun with the same search options.
+
+With `--finalists N` each search fits N architectures in the window (as `edgefr search --finalists N`), all of
+them are trained (here or by train.sh) and, per training seed, the one whose held-out embeddings agree best with
+the teacher's is the "searched" row, as `edgefr search` would have chosen it with that seed; every finalist keeps
+its own row. The baseline is matched to the first (most probable) finalist's measured latency, as the choice is
+not known before training.
 """
 
 from __future__ import annotations
@@ -36,13 +42,14 @@ from edgefr.devices import resolve_device
 from edgefr.digests import file_sha256
 from edgefr.distill import SHORT_RUN_RECIPE, distill
 from edgefr.distill.cli import default_data
+from edgefr.distill.engine import held_out_agreement
 from edgefr.errors import EdgefrError
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_network
 from edgefr.search import SearchConfig, run_pipeline
 from edgefr.search.cli import ensure_table, layer_choices
-from edgefr.search.pipeline import evaluate_student
-from edgefr.space import count_flops, count_params, scaled_mobilefacenet
+from edgefr.search.pipeline import FINALISTS_FILE, choose_finalist, evaluate_student
+from edgefr.space import count_flops, count_params, read_checkpoint, scaled_mobilefacenet
 from edgefr.space.checkpoint import load_student
 
 WIDTHS = (0.5, 0.75, 1.0, 1.25)
@@ -70,31 +77,45 @@ def parse_run(text: str) -> tuple[str, float]:
         raise click.BadParameter(f"{text!r}: expected DEVICE:MILLISECONDS, e.g. host-ort:4") from None
 
 
-def check_searched_alike(run: Path, config: SearchConfig) -> None:
-    """A kept plan is reused only if its search ran with `config` (a field an older report lacks had its default):
-    rerunning with, say, other --activations into the same --out must not silently reuse the old searches."""
+def check_searched_alike(run: Path, config: SearchConfig, finalists: int) -> None:
+    """A kept plan is reused only if its search ran with `config` (a field an older report lacks had its default)
+    and fitted as many finalists: rerunning with, say, other --activations into the same --out must not silently
+    reuse the old searches."""
     differing = config.differing(json.loads((run / "report.json").read_text())["search"]["config"])
     if differing:
         raise EdgefrError(f"{run}: searched with other settings ({', '.join(differing)}); "
                           "use another --out or the same options")
+    kept = len(json.loads((run / "plan.json").read_text()).get("finalists", [])) or 1
+    if kept != finalists:
+        raise EdgefrError(f"{run}: searched with --finalists {kept}; use another --out or the same options")
 
 
-def search_and_match(device_name: str, budget: float, config: SearchConfig, teacher, data, run: Path) -> dict:
-    """Search (or resume) one run and pick its baseline; returns the run's plan entry (kept in run/plan.json)."""
+def search_and_match(device_name: str, budget: float, config: SearchConfig, teacher, data, run: Path,
+                     finalists: int = 1) -> dict:
+    """Search (or resume) one run and pick its baseline; returns the run's plan entry (kept in run/plan.json):
+    the students to train, and with several finalists their labels under "finalists"."""
     plan_path = run / "plan.json"
     if plan_path.is_file():
-        check_searched_alike(run, config)
+        check_searched_alike(run, config, finalists)
         return json.loads(plan_path.read_text())
     started = time.perf_counter()
     ensure_table(device_name, click.echo)  # as `edgefr search`: this host's table, profiled first if another's
-    summary = run_pipeline(config, teacher, data, run, train=False, resume=(run / "search_state.pt").is_file())
-    searched_ms = summary["budgets"][0]["measured_ms"]
+    summary = run_pipeline(config, teacher, data, run, train=False, finalists=finalists,
+                           resume=(run / "search_state.pt").is_file())
+    searched_ms = summary["budgets"][0]["measured_ms"]  # the most probable finalist's
     search_minutes = (time.perf_counter() - started) / 60
     device = resolve_device(device_name)
     baseline = matched_baseline(device, searched_ms)
+    if finalists == 1:
+        students = {"searched": {"arch": summary["arch"], "measured_ms": searched_ms}}
+    else:
+        fitted = json.loads((run / FINALISTS_FILE).read_text())["finalists"]
+        students = {f"finalist-{i + 1}": {"arch": record["arch"], "measured_ms": record["measured_ms"][device_name]}
+                    for i, record in enumerate(fitted)}
     entry = {"device": device_name, "budget_ms": budget, "search_minutes": search_minutes, "students": {
-        "searched": {"arch": summary["arch"], "measured_ms": searched_ms},
-        baseline.name: {"arch": baseline.to_dict(), "measured_ms": measure_network(device, baseline)}}}
+        **students, baseline.name: {"arch": baseline.to_dict(), "measured_ms": measure_network(device, baseline)}}}
+    if finalists > 1:
+        entry["finalists"] = list(students)
     plan_path.write_text(json.dumps(entry, indent=1) + "\n")
     return entry
 
@@ -148,6 +169,16 @@ def evaluated(checkpoint: Path) -> dict:
     return accuracy
 
 
+def teacher_agreement(folder: Path, teacher, data) -> float:
+    """The held-out cosine to the teacher of the run folder's best.pt, on the images its training held out (the
+    split is rebuilt from the settings last.pt keeps, so a student trained elsewhere is ranked as `edgefr search
+    --finalists` would have ranked it; `data` must be the faces it trained on)."""
+    config = read_checkpoint(folder / "last.pt")["train_state"]["config"]
+    model, _ = load_student(folder / "best.pt")
+    return held_out_agreement(model, teacher, data, seed=config["seed"], val_fraction=config["val_fraction"],
+                              max_images=config["max_images"])
+
+
 def spread(values: list[float], fold_std: float) -> float:
     """The +- of a mean: the std over seeds when there are several, else the 10-fold std of the one seed."""
     return statistics.stdev(values) if len(values) > 1 else fold_std
@@ -166,6 +197,22 @@ def table_row(entry: dict, label: str, model, accuracies: list[dict]) -> dict:
             "search_minutes": entry["search_minutes"] if label == "searched" else None}
 
 
+def chosen_row(entry: dict, finalist_rows: list[dict], agreements: list[list[float]]) -> dict:
+    """The "searched" row of a run with finalists: per training seed s, the finalist with the highest
+    agreements[finalist][s] (`choose_finalist`); latency and size are means over the seeds' picks."""
+    picks = [choose_finalist([per_seed[s] for per_seed in agreements]) for s in range(len(agreements[0]))]
+    first = finalist_rows[picks[0]]
+    lfw = [finalist_rows[p]["lfw_seeds"][s] for s, p in enumerate(picks)]
+    celeba = [finalist_rows[p]["celeba_seeds"][s] for s, p in enumerate(picks)]
+    means = {key: statistics.fmean(finalist_rows[p][key] for p in picks)
+             for key in ("measured_ms", "params_m", "mflops")}
+    return {**first, **means, "model": "searched", "finalist": False, "search_minutes": entry["search_minutes"],
+            "chosen": [finalist_rows[p]["model"] for p in picks], "agreements": agreements,
+            "lfw_seeds": lfw, "lfw": statistics.fmean(lfw), "lfw_std": spread(lfw, first["lfw_std"]),
+            "celeba_seeds": celeba, "celeba": statistics.fmean(celeba),
+            "celeba_std": spread(celeba, first["celeba_std"])}
+
+
 def format_table(rows: list[dict], title: str) -> str:
     lines = [title, "",
              "| device | budget ms | model | measured ms | params | MFLOPs | LFW % | CelebA % | search min |",
@@ -175,6 +222,10 @@ def format_table(rows: list[dict], title: str) -> str:
         lines.append(f"| {r['device']} | {r['budget_ms']:g} | {r['model']} | {r['measured_ms']:.2f} | "
                      f"{r['params_m']:.2f}M | {r['mflops']:.0f} | {r['lfw']:.2f} +- {r['lfw_std']:.2f} | "
                      f"{r['celeba']:.2f} +- {r['celeba_std']:.2f} | {minutes} |")
+    for r in rows:
+        if "chosen" in r:
+            lines.append(f"\n{r['device']} {r['budget_ms']:g} ms: searched = per training seed, the finalist whose "
+                         f"held-out embeddings agree best with the teacher's: {', '.join(r['chosen'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -188,7 +239,7 @@ def format_differences(rows: list[dict]) -> str:
         runs.setdefault((r["device"], r["budget_ms"]), []).append(r)
     for (device, budget), group in runs.items():
         searched = next(r for r in group if r["model"] == "searched")
-        for baseline in (r for r in group if r is not searched):
+        for baseline in (r for r in group if r is not searched and not r.get("finalist")):
             cells = []
             for key in ("lfw_seeds", "celeba_seeds"):
                 diffs = [a - b for a, b in zip(searched[key], baseline[key])]
@@ -209,14 +260,17 @@ def format_differences(rows: list[dict]) -> str:
 @click.option("--activations", help="Activations the searched students may use (as edgefr search).")
 @click.option("--kernels", help="Kernel sizes they may use (as edgefr search).")
 @click.option("--expansions", help="Expansions they may use (as edgefr search).")
+@click.option("--finalists", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Architectures fitted per search, all trained; per seed the one agreeing best with the teacher "
+                   "on held-out faces is the searched row (as edgefr search --finalists).")
 @click.option("--epochs", default=2, help="Distillation epochs, the same for searched and baseline students.")
 @click.option("--distill-minutes", default=8.0, help="Distillation time box per student on this host (0: none).")
 @click.option("--train-elsewhere", is_flag=True, help="Stop after the searches; write OUT/train/ for a GPU machine.")
 @click.option("--students", type=click.Path(file_okay=False, exists=True, path_type=Path), multiple=True,
               help="Evaluate the students train.sh wrote here instead of training them; repeat once per seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/search-vs-baselines"))
-def main(runs, teacher, data, kd, margin_weight, steps, activations, kernels, expansions, epochs, distill_minutes,
-         train_elsewhere, students, out) -> None:
+def main(runs, teacher, data, kd, margin_weight, steps, activations, kernels, expansions, finalists, epochs,
+         distill_minutes, train_elsewhere, students, out) -> None:
     data = data or default_data()
     choices = layer_choices(activations, kernels, expansions)
     plan = []
@@ -225,7 +279,7 @@ def main(runs, teacher, data, kd, margin_weight, steps, activations, kernels, ex
                               margin_weight=margin_weight, steps=steps, checkpoint_every=max(1, min(20, steps // 4)),
                               **choices)
         plan.append(search_and_match(device_name, budget, config, teacher, data,
-                                     out / run_name(device_name, budget)))
+                                     out / run_name(device_name, budget), finalists))
     if train_elsewhere:
         script = write_training_folder(out / "train", plan, epochs, teacher)
         click.echo(f"wrote {script}; on the training machine: {script} DATA STUDENTS, then rerun this with "
@@ -234,18 +288,23 @@ def main(runs, teacher, data, kd, margin_weight, steps, activations, kernels, ex
     rows = []
     for entry in plan:
         run = run_name(entry["device"], entry["budget_ms"])
+        group, agreements = [], []
         for label, student in entry["students"].items():
             if students:
-                checkpoints = [folder / f"{run}__{label}" / "best.pt" for folder in students]
-                accuracies = [evaluated(checkpoint) for checkpoint in checkpoints]
-                model, _ = load_student(checkpoints[0])
+                folders = [folder / f"{run}__{label}" for folder in students]
             else:
-                student_dir = out / run / label
-                model = distill(student["arch"], teacher, data, epochs=epochs, out=student_dir,
-                                resume=(student_dir / "last.pt").is_file(),
-                                time_budget_s=distill_minutes * 60 or None, **SHORT_RUN_RECIPE).student
-                accuracies = [evaluate_student(model)]
-            rows.append(table_row(entry, label, model, accuracies))
+                folders = [out / run / label]
+                distill(student["arch"], teacher, data, epochs=epochs, out=folders[0],
+                        resume=(folders[0] / "last.pt").is_file(), time_budget_s=distill_minutes * 60 or None,
+                        **SHORT_RUN_RECIPE)
+            accuracies = [evaluated(folder / "best.pt") for folder in folders]
+            group.append(table_row(entry, label, load_student(folders[0] / "best.pt")[0], accuracies))
+            if label in entry.get("finalists", ()):
+                group[-1]["finalist"] = True
+                agreements.append([teacher_agreement(folder, teacher, data) for folder in folders])
+        if agreements:
+            group.insert(0, chosen_row(entry, group[:len(agreements)], agreements))
+        rows += group
     if students:
         spread_note = "+- std over seeds" if len(students) > 1 else "+- 10-fold std"
         where = f"trained elsewhere, {len(students)} seed(s) ({', '.join(map(str, students))}); {spread_note}"

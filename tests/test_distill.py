@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from edgefr.cli import cli
 from edgefr.distill import (EmbeddingMimic, MarginSoftmax, NeuronRegression, checkpoint_for_epoch,
                             distill, fisher_scores, parse_methods, select_neurons)
 from edgefr.distill.embedder import to_model_input
-from edgefr.distill.engine import TrainConfig, planned_steps
+from edgefr.distill.engine import TrainConfig, held_out_agreement, planned_steps
 from edgefr.errors import EdgefrError
 from edgefr.paths import shared_dir
 from edgefr.space import create_model, load_student
@@ -215,6 +216,10 @@ def test_multistep_switches_teacher_checkpoints(faces, cache, tmp_path):
     assert sorted(p.name for p in (tmp_path / "teacher" / "epochs").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
     student = distill(TINY, teacher.out, faces, "multistep", 2, tmp_path / "student", progress=False, **SMALL)
     assert [row["teacher_checkpoint"] for row in student.history] == [1, 2]
+    assert math.isnan(teacher.teacher_agreement)  # trained without a teacher
+    # The student ends on the most mature teacher checkpoint: its agreement is measured against that one.
+    assert student.teacher_agreement == pytest.approx(held_out_agreement(
+        student.student, tmp_path / "teacher" / "epochs" / "epoch_002.pt", faces, max_images=90), abs=1e-4)
     with pytest.raises(EdgefrError, match="per-epoch checkpoints"):
         distill(TINY, tmp_path / "student", faces, "multistep", 1, tmp_path / "again", progress=False, **SMALL)
 
@@ -242,6 +247,18 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(faces, cache, tmp_path
     assert (tmp_path / "parts" / "metrics.csv").read_text().count("\n") == 3
     with pytest.raises(EdgefrError, match="other settings"):
         distill(TINY, out=tmp_path / "parts", resume=True, **{**settings, "lr": 0.01})
+
+
+@needs_faces
+@pytest.mark.parametrize("online_teacher", [False, True])
+def test_distill_returns_the_held_out_agreement_of_its_best_student(faces, cache, tmp_path, online_teacher):
+    """The cosine `edgefr search --finalists` ranks by, computed by the engine from the targets it holds (cached
+    or, with an online teacher, embedded for the held-out images only), equals the one recomputed from scratch."""
+    result = distill(TINY, "sface", faces, "mimic", 1, tmp_path / "run", progress=False,
+                     online_teacher=online_teacher, **SMALL)
+    recomputed = held_out_agreement(result.student, "sface", faces, max_images=90)
+    assert not math.isnan(recomputed)
+    assert result.teacher_agreement == pytest.approx(recomputed, abs=1e-4)
 
 
 def test_planned_steps_fit_the_time_box():
@@ -291,8 +308,6 @@ def test_distilling_raises_the_held_out_agreement_with_the_teacher(distilled_stu
     """The statistic `edgefr search --finalists` ranks students by: the mean cosine between the student's and the
     teacher's embeddings of the images distill held out. Three epochs of embedding regression must raise it far
     above the untrained student's, which is unrelated to the teacher's embedding. Measured here: 0.04 -> 0.29."""
-    from edgefr.distill.engine import held_out_agreement
-
     root = distilled_student.out.parent
     monkeypatch.setenv("EDGEFR_CACHE", str(root / "cache"))  # the fixture's teacher embeddings
     torch.manual_seed(0)  # distill's seed: the student it started from
@@ -300,6 +315,7 @@ def test_distilling_raises_the_held_out_agreement_with_the_teacher(distilled_stu
     before = held_out_agreement(untrained, "sface", root / "faces")
     after = held_out_agreement(distilled_student.student, "sface", root / "faces")
     assert abs(before) < 0.15 and after >= before + 0.2, (before, after)
+    assert distilled_student.teacher_agreement == pytest.approx(after, abs=1e-4)
 
 
 @needs_faces

@@ -275,8 +275,11 @@ def test_benchmark_does_not_reuse_a_plan_searched_with_other_options(tmp_path):
     result = run_search_vs_baselines("--run", "host-ort:4", "--activations", "relu", "--train-elsewhere",
                                      "--out", str(tmp_path))
     assert_one_line_error(result, f"{run}: searched with other settings (activations)")
-    # The same options as the kept search reuse its plan.
+    # The same options as the kept search reuse its plan; another number of finalists does not.
     assert run_search_vs_baselines("--run", "host-ort:4", "--train-elsewhere", "--out", str(tmp_path)).returncode == 0
+    assert_one_line_error(run_search_vs_baselines("--run", "host-ort:4", "--finalists", "3", "--train-elsewhere",
+                                                  "--out", str(tmp_path)),
+                          f"{run}: searched with --finalists 1; use another --out or the same options")
 
 
 def test_penalty_benchmark_counts_the_decisions_between_two_architectures():
@@ -309,6 +312,31 @@ def test_benchmark_pairs_seeds_and_claims_no_spread_from_one_seed():
     assert two_seeds == "| host-ort | 4 | mobilefacenet_w1.25_d1.25_relu | +0.75 +- 1.77 (1/2) | +0.75 +- 1.77 (1/2) |"
     one_seed = format_differences(rows([81.8], [82.88])).splitlines()[-1]
     assert one_seed == "| host-ort | 4 | mobilefacenet_w1.25_d1.25_relu | -1.08 (0/1) | -1.08 (0/1) |"
+
+
+def test_benchmark_searched_row_takes_each_seeds_finalist_closest_to_the_teacher():
+    """With --finalists, the searched row is what `edgefr search --finalists` would have delivered with each
+    training seed; the finalists keep their own rows and are not compared with the baseline as if baselines."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from search_vs_baselines import chosen_row, format_differences, format_table
+
+    def row(model, ms, lfw, finalist=True):
+        return {"device": "host-ort", "budget_ms": 2.0, "model": model, "measured_ms": ms, "params_m": ms / 2,
+                "mflops": 100 * ms, "seeds": 2, "lfw_seeds": lfw, "celeba_seeds": lfw, "lfw": sum(lfw) / 2,
+                "lfw_std": 1.0, "celeba": sum(lfw) / 2, "celeba_std": 1.0, "search_minutes": None, "finalist": finalist}
+
+    finalists = [row("finalist-1", 1.85, [81.0, 80.0]), row("finalist-2", 1.89, [85.0, 83.0])]
+    # Seed 0 agrees best with finalist-2, seed 1 with finalist-1 (finalist-2's NaN: nothing measured).
+    searched = chosen_row({"search_minutes": 12.5}, finalists, [[0.47, 0.51], [0.52, float("nan")]])
+    assert searched["chosen"] == ["finalist-2", "finalist-1"]
+    assert searched["lfw_seeds"] == [85.0, 80.0] and searched["lfw"] == 82.5
+    assert searched["measured_ms"] == pytest.approx(1.87) and searched["search_minutes"] == 12.5
+    baseline = row("mobilefacenet_w1_d0.75_relu", 1.83, [83.0, 82.0], finalist=False)
+    differences = format_differences([searched, *finalists, baseline]).splitlines()
+    assert differences[4:] == ["| host-ort | 2 | mobilefacenet_w1_d0.75_relu | +0.00 +- 2.83 (1/2) | "
+                               "+0.00 +- 2.83 (1/2) |"]
+    assert "2 ms: searched = per training seed, the finalist whose held-out embeddings agree best with the " \
+           "teacher's: finalist-2, finalist-1" in format_table([searched, *finalists, baseline], "title")
 
 
 def tiny_search(out, faces, *extra):

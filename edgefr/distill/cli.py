@@ -3,6 +3,7 @@ checkpoint per epoch so that it can serve as a multi-step KD teacher)."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import click
@@ -55,7 +56,9 @@ def run_and_report(arch: str, teacher, methods: str, data: str | None, epochs: i
     if result.student is None:  # a DDP rank other than 0: rank 0 reports
         return
     best = result.best
-    click.echo(f"best epoch {best.get('epoch')}: validation accuracy {best.get('val_accuracy', float('nan')):.4f}")
+    click.echo(f"best epoch {best.get('epoch')}: validation accuracy {best.get('val_accuracy', float('nan')):.4f}"
+               + ("" if math.isnan(result.teacher_agreement)
+                  else f", held-out cosine to the teacher {result.teacher_agreement:.4f}"))
     from edgefr.distill.embedder import ModuleEmbedder
     from edgefr.verify.shared_sets import evaluate_shared
 

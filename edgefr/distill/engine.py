@@ -91,6 +91,8 @@ class DistillResult:
     metrics_csv: Path
     history: list[dict] = field(default_factory=list)
     student: FaceNet | None = None  # best weights, eval mode
+    # `teacher_agreement` of the best student on the held-out images (NaN without a teacher or held-out images).
+    teacher_agreement: float = math.nan
 
     @property
     def best(self) -> dict:
@@ -235,18 +237,28 @@ def validate(student: FaceNet, pairs) -> float:
 
 def held_out_agreement(student: FaceNet, teacher, data, seed: int = 0, val_fraction: float = 0.1,
                        max_images: int | None = None) -> float:
-    """Mean cosine between `student`'s and the teacher's embeddings of the images `distill` held out with these
-    settings (the training identities' validation images; NaN if none): how well the student learned the teacher's
-    embedding off its training images. Ranks distilled students like LFW does where the validation accuracy,
-    decided by ~1700 pairs, does not (README, *Finalists*)."""
+    """`teacher_agreement` of `student` on the images `distill` held out with these settings (the training
+    identities' validation images; NaN if none), for a checkpoint trained earlier: `distill` computes it for the
+    student it returns (`DistillResult.teacher_agreement`)."""
     dataset = load_faces(data)
     split = split_dataset(dataset_labels(dataset), val_fraction, seed, max_images)
     if not len(split.val):
         return float("nan")
     targets = teacher_targets(resolve_teacher(teacher), dataset)[0, split.val]
-    images = np.stack([dataset.load(int(i))[0] for i in split.val])
+    return teacher_agreement(student, held_out_images(dataset, split), targets)
+
+
+def teacher_agreement(student: FaceNet, images: np.ndarray, targets: torch.Tensor) -> float:
+    """Mean cosine between `student`'s embeddings of `images` and the teacher's (`targets`, one row per image): on
+    images the student did not train on, how well it learned the teacher's embedding. Ranks distilled students like
+    LFW does where the validation accuracy, decided by ~1700 pairs, does not (README, *Finalists*)."""
     embeddings = torch.from_numpy(ModuleEmbedder(student, "held-out images").embed(images))
-    return float(nn.functional.cosine_similarity(embeddings, targets, dim=1).mean())
+    return float(nn.functional.cosine_similarity(embeddings, targets.float(), dim=1).mean())
+
+
+def held_out_images(dataset, split: Split) -> np.ndarray:
+    """uint8 [N, H, W, 3]: the validation images of the training identities, in split order."""
+    return np.stack([dataset.load(int(i))[0] for i in split.val])
 
 
 def load_faces(data):
@@ -487,9 +499,15 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
             on_epoch_end(row)
     runtime.barrier()
     model.to(memory_format=torch.contiguous_format)
-    best_model = None
+    best_model, agreement = None, math.nan
     if runtime.writes:
         from edgefr.space import load_student
 
         best_model, _ = load_student(best_path)
-    return DistillResult(out, best_path, last_path, metrics_path, history, best_model)
+        if teachers and len(split.val):
+            images = held_out_images(dataset, split)
+            # The final (most mature) teacher's embedding is the one the student ends up regressing.
+            targets = (final_targets[0, split.val] if final_targets is not None
+                       else torch.from_numpy(teachers[-1].embed(images)))
+            agreement = teacher_agreement(best_model, images, targets)
+    return DistillResult(out, best_path, last_path, metrics_path, history, best_model, agreement)

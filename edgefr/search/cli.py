@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
+from edgefr.errors import EdgefrError
+
 
 def ensure_table(device_name: str, log) -> None:
     """This host's table must exist, match its CPU and runtime, and run at its speed (a sample of its blocks
     measured again: the CPU name alone does not tell machines apart). If not, a table shipped for another machine
     like this one takes its place, else the host is profiled first (remote devices: error)."""
     from edgefr.devices import resolve_device
-    from edgefr.errors import EdgefrError
     from edgefr.latency import load_device_table, table_path
     from edgefr.latency.profile import (
         alternate_table_paths,
@@ -53,8 +54,6 @@ def ensure_table(device_name: str, log) -> None:
 
 def _split(flag: str, text: str | None, kind: type) -> tuple | None:
     """A comma-separated option value as a tuple of `kind` (None when the option is not given)."""
-    from edgefr.errors import EdgefrError
-
     if text is None:
         return None
     try:
@@ -121,10 +120,10 @@ def search_command(budgets, devices, teacher, data, out, kd, margin_weight, step
     from edgefr.distill.cli import default_data
     from edgefr.distill.losses import parse_methods
     from edgefr.search import SearchConfig, run_pipeline
-    from edgefr.search.pipeline import check_finalists
 
     choices = layer_choices(activations, kernels, expansions)
-    check_finalists(finalists, train=not no_train)  # before any profiling
+    if finalists > 1 and no_train:  # before any profiling
+        raise EdgefrError(f"--finalists {finalists} ranks architectures by distilling them; drop --no-train")
     for device in devices:
         ensure_table(device, click.echo)
     data = data or default_data()

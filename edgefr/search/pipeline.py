@@ -36,6 +36,9 @@ class Measured:
     measured_ms: dict[str, float]
     rounds: list[dict]
 
+    def ratio(self, budgets) -> float:  # the binding device's measured latency / budget
+        return max(self.measured_ms[b.device] / b.budget_ms for b in budgets)
+
     def record(self) -> dict:
         """measured.json (and a finalists.json entry, with the arch)."""
         return {"predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "rounds": self.rounds}
@@ -138,8 +141,7 @@ def fit_finalists(supernet, budgets, devices, count: int, seed: int, log=print) 
         start, _ = supernet.sample(generator)
         log(f"finalist {len(finalists) + 1}: fitting a sample of the learned distributions")
         result = fit_and_measure(supernet, budgets, devices, log, start=start, states=states)
-        ratio = max(result.measured_ms[b.device] / b.budget_ms for b in budgets)
-        if WINDOW[0] <= ratio <= WINDOW[1] and _structure(result.arch) not in seen:
+        if WINDOW[0] <= result.ratio(budgets) <= WINDOW[1] and _structure(result.arch) not in seen:
             seen.add(_structure(result.arch))
             finalists.append(replace(result, arch=replace(result.arch, name=f"searched-{len(finalists) + 1}")))
     if len(finalists) < count:
@@ -168,9 +170,9 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     """The whole job. distill_minutes: a time box for the distillation's training steps on this machine (at most
     `distill_epochs` epochs); the searched student's training speed is not known before it is searched.
     finalists: how many fitted architectures to distill (`fit_finalists`); the one whose embeddings of the held-out
-    images of the training identities agree best with the teacher's (`held_out_agreement`; never the test sets)
-    becomes the result."""
-    check_finalists(finalists, train)
+    images of the training identities agree best with the teacher's (`choose_finalist`) becomes the result. Without
+    training they are only fitted (finalists.json; arch.json is the most probable one) for a caller that trains and
+    chooses them itself (benchmarks/search_vs_baselines.py)."""
     kept = kept_candidates(out, finalists, log) if resume else None  # checked before the search resumes
     # The search makes `out` at its first checkpoint: a command failing on its input leaves no empty run folder.
     supernet, state, budgets, _, devices = run_search(config, teacher, data, out, resume=resume, log=log)
@@ -178,7 +180,6 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     trained, agreements = [], []
     if train:
         from edgefr.distill import SHORT_RUN_RECIPE, distill
-        from edgefr.distill.engine import held_out_agreement
 
         # The search ranked architectures with the KD objective (--kd); the searched students are distilled with
         # the recipe measured best for short runs.
@@ -190,12 +191,8 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
                                    resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
                                    max_images=config.max_images,
                                    time_budget_s=distill_minutes and 60 * distill_minutes, **SHORT_RUN_RECIPE))
-            if finalists > 1:
-                agreements.append(held_out_agreement(trained[-1].student, teacher, data, seed=config.seed,
-                                                     max_images=config.max_images))
-    # No held-out images (NaN): keep the most probable finalist, the first.
-    chosen = max(range(len(agreements)), key=lambda i: -math.inf if math.isnan(agreements[i]) else agreements[i],
-                 default=0)
+            agreements.append(trained[-1].teacher_agreement)
+    chosen = choose_finalist(agreements)
     arch, measured = candidates[chosen]
     arch_path = out / "arch.json"
     if finalists > 1:
@@ -223,7 +220,7 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         # How far the search's distributions had settled on what the result chose (the fit may move off them).
         "decisions": supernet.choice_probabilities(arch),
     }
-    if finalists > 1:
+    if finalists > 1 and train:
         summary["finalists"] = [finalist_record(*record, i == chosen)
                                 for i, record in enumerate(zip(candidates, trained, agreements))]
     from edgefr.search.report import decisions_line, finalists_line, write_report
@@ -238,15 +235,19 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         save_student(out / "student.pt", outcome.student, metrics=outcome.best, arch_file=str(arch_path))
         summary["student"] = str(out / "student.pt")
         summary["training"] = {"epochs": distill_epochs, "time_box_minutes": distill_minutes,
-                               "recipe": SHORT_RUN_RECIPE, "history": outcome.history}
+                               "recipe": SHORT_RUN_RECIPE, "history": outcome.history,
+                               "teacher_agreement": outcome.teacher_agreement}
         summary["accuracy"] = evaluate_student(outcome.student)
     write_report(out, summary)
     return summary
 
 
-def check_finalists(finalists: int, train: bool) -> None:
-    if finalists > 1 and not train:
-        raise EdgefrError(f"--finalists {finalists} ranks architectures by distilling them; drop --no-train")
+def choose_finalist(agreements: list[float]) -> int:
+    """Index of the distilled finalist whose held-out embeddings agree best with the teacher's
+    (`DistillResult.teacher_agreement`: ranks trained students like LFW where validation accuracy does not); the
+    most probable, the first, when nothing was measured (NaN: no held-out images)."""
+    return max(range(len(agreements)), key=lambda i: -math.inf if math.isnan(agreements[i]) else agreements[i],
+               default=0)
 
 
 def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Path, log=print) -> list[tuple]:
