@@ -21,6 +21,7 @@ from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table,
 from edgefr.latency.profile import speed_against_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
 from edgefr.search.engine import SampledPath, SearchConfig, architecture_loss, guiding_objective
+from edgefr.search.pipeline import run_pipeline
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, load_student, resolve_arch
 from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
@@ -405,13 +406,22 @@ def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_te
                                                                                            host_tables_here):
     faces = first_identities(tmp_path / "faces", 6)
     out = tmp_path / "run"
-    command = tiny_search(out, faces, "--finalists", "2", "--distill-epochs", "1", "--distill-minutes", "0")
-    command.remove("--no-train")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # Without training the finalists are only fitted (the benchmark trains them itself); the CLI resumes that run
+    # and distills them. The config is the one `tiny_search` gives the CLI.
+    config = SearchConfig(devices=("host-ort",), budgets_ms=(3.0,), steps=8, warmup_steps=2, batch_size=8,
+                          checkpoint_every=2)
+    fitted_only = run_pipeline(config, "sface", str(faces), out, train=False, finalists=2, log=lambda line: None)
     fitted = json.loads((out / "finalists.json").read_text())["finalists"]
     assert len(fitted) == 2 and fitted[0]["arch"]["stages"] != fitted[1]["arch"]["stages"]
     assert all(0.90 <= f["measured_ms"]["host-ort"] / 3 <= 1.00 for f in fitted), fitted
+    assert fitted_only["arch"] == fitted[0]["arch"] == json.loads((out / "arch.json").read_text())
+    assert json.loads((out / "measured.json").read_text()) == {k: v for k, v in fitted[0].items() if k != "arch"}
+    assert "finalists" not in fitted_only and not (out / "student.pt").exists()
+    command = tiny_search(out, faces, "--finalists", "2", "--distill-epochs", "1", "--distill-minutes", "0")
+    command.remove("--no-train")
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finalists.json already fitted and measured" in result.stdout
     report = json.loads((out / "report.json").read_text())
     finalists = report["finalists"]
     # Each finalist was distilled on its own (best.pt by validation accuracy); the one whose held-out embeddings
@@ -428,11 +438,7 @@ def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_te
     assert report["budgets"][0]["measured_ms"] == chosen["measured_ms"]["host-ort"]
     assert f"{chosen['name']} (" in result.stdout and "<- chosen" in result.stdout
     assert "## Finalists" in (out / "report.md").read_text()
-    # A resumed run reuses the fitted finalists, and refuses another count of them.
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "finalists.json already fitted and measured" in resumed.stdout
-    assert json.loads((out / "report.json").read_text())["arch"] == chosen["arch"]
+    # A resumed run refuses another count of finalists.
     other = [*command, "--resume"]
     other[other.index("--finalists") + 1] = "3"
     assert_one_line_error(run_edgefr(*other[3:]), "finalists.json: fitted for --finalists 2; resume with that")

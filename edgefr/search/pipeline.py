@@ -252,17 +252,16 @@ def choose_finalist(agreements: list[float]) -> int:
 
 def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Path, log=print) -> list[tuple]:
     """(arch, measurement record) of each fitted architecture, written where `kept_candidates` reads them: one in
-    arch.json + measured.json, several in finalists.json (arch.json is then the chosen one, after training)."""
+    arch.json + measured.json; several in finalists.json, and `run_pipeline` writes those two for the one chosen."""
     if count == 1:
         result = fit_and_measure(supernet, budgets, devices, log)
         result.arch.save(out / "arch.json")
         (out / "measured.json").write_text(json.dumps(result.record(), indent=1) + "\n")
         return [(result.arch, result.record())]
     fitted = fit_finalists(supernet, budgets, devices, count, seed, log)
-    records = [{"arch": r.arch.to_dict(), **r.record()} for r in fitted]
-    (out / FINALISTS_FILE).write_text(json.dumps({"schema": "edgefr.finalists/1", "requested": count,
-                                                  "finalists": records}, indent=1) + "\n")
-    return [(r.arch, record) for r, record in zip(fitted, records)]
+    (out / FINALISTS_FILE).write_text(json.dumps({"schema": "edgefr.finalists/1", "requested": count, "finalists": [
+        {"arch": r.arch.to_dict(), **r.record()} for r in fitted]}, indent=1) + "\n")
+    return [(r.arch, r.record()) for r in fitted]
 
 
 def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
@@ -274,7 +273,7 @@ def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
         if kept["requested"] != count:
             raise EdgefrError(f"{path}: fitted for --finalists {kept['requested']}; resume with that")
         log(f"resuming: {path} already fitted and measured")
-        return [(arch_from_dict(record["arch"], str(path)), record) for record in kept["finalists"]]
+        return [(arch_from_dict(record.pop("arch"), str(path)), record) for record in kept["finalists"]]
     arch_path, measured_path = out / "arch.json", out / "measured.json"
     if count == 1 and arch_path.is_file() and measured_path.is_file():
         log(f"resuming: {arch_path} already fitted and measured")
