@@ -438,7 +438,11 @@ def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_te
     assert report["budgets"][0]["measured_ms"] == chosen["measured_ms"]["host-ort"]
     assert f"{chosen['name']} (" in result.stdout and "<- chosen" in result.stdout
     assert "## Finalists" in (out / "report.md").read_text()
-    # A resumed run refuses another count of finalists.
+    # A run resumed after training keeps its fits and its choice, and refuses another count of finalists.
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "finalists.json already fitted and measured" in resumed.stdout
+    assert json.loads((out / "report.json").read_text())["arch"] == chosen["arch"]
     other = [*command, "--resume"]
     other[other.index("--finalists") + 1] = "3"
     assert_one_line_error(run_edgefr(*other[3:]), "finalists.json: fitted for --finalists 2; resume with that")

@@ -259,9 +259,10 @@ def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Pa
         (out / "measured.json").write_text(json.dumps(result.record(), indent=1) + "\n")
         return [(result.arch, result.record())]
     fitted = fit_finalists(supernet, budgets, devices, count, seed, log)
+    candidates = [(r.arch, r.record()) for r in fitted]
     (out / FINALISTS_FILE).write_text(json.dumps({"schema": "edgefr.finalists/1", "requested": count, "finalists": [
-        {"arch": r.arch.to_dict(), **r.record()} for r in fitted]}, indent=1) + "\n")
-    return [(r.arch, r.record()) for r in fitted]
+        {"arch": arch.to_dict(), **record} for arch, record in candidates]}, indent=1) + "\n")
+    return candidates
 
 
 def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
