@@ -18,7 +18,7 @@ from edgefr.cli import cli
 from edgefr.distill import (EmbeddingMimic, MarginSoftmax, NeuronRegression, checkpoint_for_epoch,
                             distill, fisher_scores, parse_methods, select_neurons)
 from edgefr.distill.embedder import to_model_input
-from edgefr.distill.engine import TrainConfig, held_out_agreement, planned_steps
+from edgefr.distill.engine import TrainConfig, held_out_agreement, held_out_cosines, planned_steps
 from edgefr.errors import EdgefrError
 from edgefr.paths import shared_dir
 from edgefr.space import create_model, load_student
@@ -256,9 +256,10 @@ def test_distill_returns_the_held_out_agreement_of_its_best_student(faces, cache
     or, with an online teacher, embedded for the held-out images only), equals the one recomputed from scratch."""
     result = distill(TINY, "sface", faces, "mimic", 1, tmp_path / "run", progress=False,
                      online_teacher=online_teacher, **SMALL)
-    recomputed = held_out_agreement(result.student, "sface", faces, max_images=90)
-    assert not math.isnan(recomputed)
-    assert result.teacher_agreement == pytest.approx(recomputed, abs=1e-4)
+    recomputed = held_out_cosines(result.student, "sface", faces, max_images=90)
+    assert len(recomputed) == len(result.held_out_cosines) > 0
+    np.testing.assert_allclose(result.held_out_cosines, recomputed, atol=1e-4)
+    assert result.teacher_agreement == pytest.approx(recomputed.mean(), abs=1e-5)
 
 
 def test_planned_steps_fit_the_time_box():

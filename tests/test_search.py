@@ -11,19 +11,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from edgefr.devices import resolve_device
-from edgefr.distill.engine import held_out_agreement
+from edgefr.distill.engine import held_out_cosines
 from edgefr.errors import EdgefrError
 from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.latency.profile import speed_against_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
 from edgefr.search.engine import SampledPath, SearchConfig, architecture_loss, guiding_objective
-from edgefr.search.pipeline import run_pipeline
+from edgefr.search.pipeline import cosine_margins, run_pipeline
+from edgefr.search.report import SEPARATING_STANDARD_ERRORS, undecided_line
 from edgefr.search.supernet import SuperNet
-from edgefr.space import MFN_SPACE, load_student, resolve_arch
+from edgefr.space import MFN_SPACE, load_arch_file, load_student, resolve_arch
 from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
 
 
@@ -341,6 +343,29 @@ def test_benchmark_searched_row_takes_each_seeds_finalist_closest_to_the_teacher
            "teacher's: finalist-2, finalist-1" in format_table([searched, *finalists, baseline], "title")
 
 
+def test_finalists_trail_the_chosen_one_by_paired_standard_errors_and_close_ones_are_named():
+    """Per-image cosines of three finalists on the same held-out images. The per-image lead of the chosen one over
+    `steady` is 0.02 +- 0.0071 (standard error 0.0032): 2 sqrt(10) standard errors, though the images' own spread
+    (0.40-0.61) would hide so small a gap between unpaired means."""
+    chosen = np.array([0.52, 0.47, 0.61, 0.40, 0.55])
+    steady = chosen - np.array([0.01, 0.03, 0.02, 0.02, 0.02])
+    margins = cosine_margins([steady, chosen, np.zeros(0)], chosen=1)
+    assert margins[:2] == pytest.approx([2 * math.sqrt(10), 0.0])
+    assert math.isnan(margins[2])  # not measured (no held-out images)
+    assert cosine_margins([chosen, chosen - 0.01], chosen=0)[1] == math.inf  # behind on every image alike
+
+    def finalist(name, margin):
+        return {"name": name, "chosen": margin == 0.0, "standard_errors_behind_chosen": margin,
+                "arch_file": f"run/finalists/{name}/arch.json"}
+
+    finalists = [finalist("searched", 6.3), finalist("searched-2", 1.1), finalist("searched-3", 0.0)]
+    line = undecided_line(finalists)
+    assert line.startswith("warning: within 2 paired standard errors of the chosen searched-3: searched-2 (1.1);")
+    assert "searched (" not in line
+    assert line.endswith(": run/finalists/searched-3/arch.json run/finalists/searched-2/arch.json")
+    assert undecided_line([finalist("searched", 2.5), finalist("searched-2", 0.0)]) == ""
+
+
 def tiny_search(out, faces, *extra):
     return [sys.executable, "-m", "edgefr.cli", "search", "--latency-ms", "3", "--device", "host-ort", "--data",
             str(faces), "--out", str(out), "--steps", "8", "--warmup-steps", "2", "--batch-size", "8",
@@ -429,11 +454,23 @@ def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_te
     validation = [max(float(row["val_accuracy"]) for row in csv.DictReader(
         (out / "finalists" / str(i) / "metrics.csv").open())) for i in (1, 2)]
     assert [f["val_accuracy"] for f in finalists] == pytest.approx(validation, abs=1e-6)
-    agreements = [held_out_agreement(load_student(out / "finalists" / str(i) / "best.pt")[0], "sface", faces)
-                  for i in (1, 2)]
+    cosines = [held_out_cosines(load_student(out / "finalists" / str(i) / "best.pt")[0], "sface", faces)
+               for i in (1, 2)]
+    agreements = [float(c.mean()) for c in cosines]
     assert [f["teacher_agreement"] for f in finalists] == pytest.approx(agreements, abs=1e-4)
     (chosen,) = [f for f in finalists if f["chosen"]]
-    assert chosen["teacher_agreement"] == max(agreements)
+    assert chosen["teacher_agreement"] == pytest.approx(max(agreements), abs=1e-4)
+    # How far the held-out images set the other finalist apart, paired image by image, printed and warned about.
+    margins = cosine_margins(cosines, agreements.index(max(agreements)))
+    assert [f["standard_errors_behind_chosen"] for f in finalists] == pytest.approx(margins, rel=0.02, abs=0.05)
+    (other,) = [f for f in finalists if not f["chosen"]]
+    assert f"{other['standard_errors_behind_chosen']:.1f} s.e. behind" in result.stdout
+    undecided = other["standard_errors_behind_chosen"] < SEPARATING_STANDARD_ERRORS
+    assert ("held-out images do not tell them apart" in result.stdout) == undecided
+    # Each finalist's architecture lies beside its student, to distill it again alone at another seed.
+    for i, f in enumerate(finalists, 1):
+        assert f["arch_file"] == str(out / "finalists" / str(i) / "arch.json")
+        assert load_arch_file(f["arch_file"]).to_dict() == f["arch"]
     assert report["arch"] == chosen["arch"] == json.loads((out / "arch.json").read_text())
     assert report["budgets"][0]["measured_ms"] == chosen["measured_ms"]["host-ort"]
     assert f"{chosen['name']} (" in result.stdout and "<- chosen" in result.stdout

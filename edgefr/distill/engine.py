@@ -91,8 +91,13 @@ class DistillResult:
     metrics_csv: Path
     history: list[dict] = field(default_factory=list)
     student: FaceNet | None = None  # best weights, eval mode
-    # `teacher_agreement` of the best student on the held-out images (NaN without a teacher or held-out images).
-    teacher_agreement: float = math.nan
+    # `teacher_cosines` of the best student on the held-out images (empty without a teacher or held-out images).
+    held_out_cosines: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def teacher_agreement(self) -> float:
+        """The mean of `held_out_cosines` (NaN when nothing was measured)."""
+        return float(self.held_out_cosines.mean()) if len(self.held_out_cosines) else math.nan
 
     @property
     def best(self) -> dict:
@@ -237,23 +242,30 @@ def validate(student: FaceNet, pairs) -> float:
 
 def held_out_agreement(student: FaceNet, teacher, data, seed: int = 0, val_fraction: float = 0.1,
                        max_images: int | None = None) -> float:
-    """`teacher_agreement` of `student` on the images `distill` held out with these settings (the training
-    identities' validation images; NaN if none), for a checkpoint trained earlier: `distill` computes it for the
-    student it returns (`DistillResult.teacher_agreement`)."""
+    """The mean `teacher_cosines` of `student` on the images `distill` held out with these settings (the training
+    identities' validation images; NaN if none), for a checkpoint trained earlier: `distill` computes them for the
+    student it returns (`DistillResult.held_out_cosines`)."""
+    cosines = held_out_cosines(student, teacher, data, seed, val_fraction, max_images)
+    return float(cosines.mean()) if len(cosines) else math.nan
+
+
+def held_out_cosines(student: FaceNet, teacher, data, seed: int = 0, val_fraction: float = 0.1,
+                     max_images: int | None = None) -> np.ndarray:
+    """`teacher_cosines` of `student` on the images `distill` held out with these settings (empty if none)."""
     dataset = load_faces(data)
     split = split_dataset(dataset_labels(dataset), val_fraction, seed, max_images)
     if not len(split.val):
-        return float("nan")
+        return np.zeros(0)
     targets = teacher_targets(resolve_teacher(teacher), dataset)[0, split.val]
-    return teacher_agreement(student, held_out_images(dataset, split), targets)
+    return teacher_cosines(student, held_out_images(dataset, split), targets)
 
 
-def teacher_agreement(student: FaceNet, images: np.ndarray, targets: torch.Tensor) -> float:
-    """Mean cosine between `student`'s embeddings of `images` and the teacher's (`targets`, one row per image): on
-    images the student did not train on, how well it learned the teacher's embedding. Ranks distilled students like
-    LFW does where the validation accuracy, decided by ~1700 pairs, does not (README, *Finalists*)."""
+def teacher_cosines(student: FaceNet, images: np.ndarray, targets: torch.Tensor) -> np.ndarray:
+    """Per image, the cosine between `student`'s embedding and the teacher's (`targets`, one row per image): on
+    images the student did not train on, how well it learned the teacher's embedding. Their mean ranks distilled
+    students like LFW does where the validation accuracy, decided by ~1700 pairs, does not (README, *Finalists*)."""
     embeddings = torch.from_numpy(ModuleEmbedder(student, "held-out images").embed(images))
-    return float(nn.functional.cosine_similarity(embeddings, targets.float(), dim=1).mean())
+    return nn.functional.cosine_similarity(embeddings, targets.float(), dim=1).numpy()
 
 
 def held_out_images(dataset, split: Split) -> np.ndarray:
@@ -499,7 +511,7 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
             on_epoch_end(row)
     runtime.barrier()
     model.to(memory_format=torch.contiguous_format)
-    best_model, agreement = None, math.nan
+    best_model, cosines = None, np.zeros(0)
     if runtime.writes:
         from edgefr.space import load_student
 
@@ -509,5 +521,5 @@ def distill(student: str | Path | dict | Arch | FaceNet, teacher=None, data=None
             # The final (most mature) teacher's embedding is the one the student ends up regressing.
             targets = (final_targets[0, split.val] if final_targets is not None
                        else torch.from_numpy(teachers[-1].embed(images)))
-            agreement = teacher_agreement(best_model, images, targets)
-    return DistillResult(out, best_path, last_path, metrics_path, history, best_model, agreement)
+            cosines = teacher_cosines(best_model, images, targets)
+    return DistillResult(out, best_path, last_path, metrics_path, history, best_model, cosines)

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgefr.errors import EdgefrError
@@ -187,12 +188,15 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
             student_dir = out / "distill" if finalists == 1 else out / "finalists" / str(i + 1)
             if finalists > 1:
                 log(f"distilling finalist {i + 1} of {len(candidates)} into {student_dir}")
+                student_dir.mkdir(parents=True, exist_ok=True)
+                arch.save(student_dir / "arch.json")  # to distill it again alone (`edgefr distill --arch`)
             trained.append(distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
                                    resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
                                    max_images=config.max_images,
                                    time_budget_s=distill_minutes and 60 * distill_minutes, **SHORT_RUN_RECIPE))
             agreements.append(trained[-1].teacher_agreement)
     chosen = choose_finalist(agreements)
+    margins = cosine_margins([outcome.held_out_cosines for outcome in trained], chosen) if trained else []
     arch, measured = candidates[chosen]
     arch_path = out / "arch.json"
     if finalists > 1:
@@ -222,12 +226,14 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     }
     if finalists > 1 and train:
         summary["finalists"] = [finalist_record(*record, i == chosen)
-                                for i, record in enumerate(zip(candidates, trained, agreements))]
-    from edgefr.search.report import decisions_line, finalists_line, write_report
+                                for i, record in enumerate(zip(candidates, trained, agreements, margins))]
+    from edgefr.search.report import decisions_line, finalists_line, undecided_line, write_report
 
     log(decisions_line(summary["decisions"]))
     if "finalists" in summary:
         log(finalists_line(summary["finalists"]))
+        if undecided := undecided_line(summary["finalists"]):
+            log(undecided)
     if train:
         from edgefr.space import save_student
 
@@ -248,6 +254,26 @@ def choose_finalist(agreements: list[float]) -> int:
     most probable, the first, when nothing was measured (NaN: no held-out images)."""
     return max(range(len(agreements)), key=lambda i: -math.inf if math.isnan(agreements[i]) else agreements[i],
                default=0)
+
+
+def cosine_margins(cosines: list[np.ndarray], chosen: int) -> list[float]:
+    """Per finalist, by how many standard errors its held-out cosines to the teacher trail the chosen finalist's
+    (>= 0; 0 for the chosen one; NaN where not measured): the mean per-image difference over its standard error. The
+    finalists were distilled at one seed, so all were measured on the same held-out images, and pairing them cancels
+    what is easy or hard in each image: the paired standard error is about half of each mean's own. It counts the
+    images' sampling, not the spread between training seeds, which is larger (README, *Finalists*)."""
+    reference = cosines[chosen].astype(np.float64)
+
+    def margin(values: np.ndarray) -> float:
+        if len(values) < 2 or len(values) != len(reference):
+            return math.nan
+        lead = reference - values
+        spread = lead.std(ddof=1)
+        if not spread:  # the same lead on every image
+            return math.inf if lead.mean() else 0.0
+        return float(lead.mean() / spread * math.sqrt(len(lead)))
+
+    return [0.0 if i == chosen else margin(values) for i, values in enumerate(cosines)]
 
 
 def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Path, log=print) -> list[tuple]:
@@ -282,12 +308,14 @@ def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
     return None
 
 
-def finalist_record(candidate: tuple, outcome, agreement: float, chosen: bool) -> dict:
+def finalist_record(candidate: tuple, outcome, agreement: float, margin: float, chosen: bool) -> dict:
     arch, measured = candidate
     model = create_model(arch)
-    return {"name": arch.name, "arch": arch.to_dict(), "widths": list(arch.widths()), "depths": list(arch.depths()),
+    return {"name": arch.name, "arch": arch.to_dict(), "arch_file": str(outcome.out / "arch.json"),
+            "widths": list(arch.widths()), "depths": list(arch.depths()),
             "measured_ms": measured["measured_ms"], "params": count_params(model), "mflops": count_flops(model) / 1e6,
-            "teacher_agreement": agreement, "val_accuracy": outcome.best.get("val_accuracy"),
+            "teacher_agreement": agreement, "standard_errors_behind_chosen": margin,
+            "val_accuracy": outcome.best.get("val_accuracy"),
             "best_epoch": outcome.best.get("epoch"), "chosen": chosen}
 
 

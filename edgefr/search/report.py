@@ -9,6 +9,10 @@ import numpy as np
 
 from edgefr.space import arch_from_dict
 
+# A finalist whose held-out cosine trails the chosen one's by fewer paired standard errors is not told apart from it
+# by the held-out images (`edgefr.search.pipeline.cosine_margins`; README, *Finalists*).
+SEPARATING_STANDARD_ERRORS = 2.0
+
 
 def write_report(out: Path, summary: dict) -> None:
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
@@ -96,25 +100,47 @@ def _shape(finalist: dict) -> str:
 
 
 def finalists_line(finalists: list[dict]) -> str:
-    """One printed line: each finalist's stage widths x depths and held-out agreement, the chosen one marked."""
+    """One printed line: each finalist's stage widths x depths and held-out agreement, with how many paired standard
+    errors it trails the chosen one by, the chosen one marked."""
     return "finalists by held-out cosine to the teacher: " + "; ".join(
-        f"{f['name']} ({_shape(f)}) {f['teacher_agreement']:.4f}" + (" <- chosen" if f["chosen"] else "")
+        f"{f['name']} ({_shape(f)}) {f['teacher_agreement']:.4f}"
+        + (" <- chosen" if f["chosen"] else f" ({f['standard_errors_behind_chosen']:.1f} s.e. behind)")
         for f in finalists)
+
+
+def undecided_line(finalists: list[dict]) -> str:
+    """A printed warning naming the finalists the held-out images do not tell apart from the chosen one (fewer than
+    SEPARATING_STANDARD_ERRORS behind it), or "" when there are none."""
+    (chosen,) = [f for f in finalists if f["chosen"]]
+    close = [f for f in finalists
+             if not f["chosen"] and f["standard_errors_behind_chosen"] < SEPARATING_STANDARD_ERRORS]
+    if not close:
+        return ""
+    names = ", ".join(f"{f['name']} ({f['standard_errors_behind_chosen']:.1f})" for f in close)
+    files = " ".join(f["arch_file"] for f in [chosen, *close])
+    return (f"warning: within {SEPARATING_STANDARD_ERRORS:g} paired standard errors of the chosen "
+            f"{chosen['name']}: {names}; the held-out images do not tell them apart at this training seed. To "
+            f"decide, distill each again at another --seed (edgefr distill --arch FILE) and compare their held-out "
+            f"cosines: {files}")
 
 
 def _finalist_lines(finalists: list[dict]) -> list[str]:
     devices = list(finalists[0]["measured_ms"])
     lines = ["## Finalists", "", "Each fitted architecture was distilled with the same recipe; the one whose "
              "embeddings of the held-out images of the training identities agree best with the teacher's (mean "
-             "cosine) is the result. Validation accuracy (pairs of those images) picked best.pt within each run.", "",
+             "cosine) is the result. The paired standard errors say how far those images set each finalist apart from "
+             f"it: under {SEPARATING_STANDARD_ERRORS:g}, they do not tell the two apart at this training seed. "
+             "Validation accuracy (pairs of those images) picked best.pt within each run.", "",
              "| finalist | stage widths x depths | " + " | ".join(f"{d} measured ms" for d in devices)
-             + " | params | MFLOPs | held-out cosine to teacher | validation % | best epoch |",
-             "|---" * (7 + len(devices)) + "|"]
+             + " | params | MFLOPs | held-out cosine to teacher | paired standard errors behind the chosen "
+             "| validation % | best epoch |",
+             "|---" * (8 + len(devices)) + "|"]
     for f in finalists:
         name = f"**{f['name']}** (chosen)" if f["chosen"] else f["name"]
         lines.append(f"| {name} | {_shape(f)} | " + " | ".join(f"{f['measured_ms'][d]:.2f}" for d in devices)
                      + f" | {f['params'] / 1e6:.3f}M | {f['mflops']:.1f} | {f['teacher_agreement']:.4f} | "
-                     f"{100 * f['val_accuracy']:.2f} | {f['best_epoch']} |")
+                     f"{f['standard_errors_behind_chosen']:.1f} | {100 * f['val_accuracy']:.2f} | "
+                     f"{f['best_epoch']} |")
     return lines + [""]
 
 
