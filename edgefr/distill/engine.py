@@ -96,8 +96,7 @@ class DistillResult:
 
     @property
     def teacher_agreement(self) -> float:
-        """The mean of `held_out_cosines` (NaN when nothing was measured)."""
-        return float(self.held_out_cosines.mean()) if len(self.held_out_cosines) else math.nan
+        return mean_cosine(self.held_out_cosines)
 
     @property
     def best(self) -> dict:
@@ -245,7 +244,11 @@ def held_out_agreement(student: FaceNet, teacher, data, seed: int = 0, val_fract
     """The mean `teacher_cosines` of `student` on the images `distill` held out with these settings (the training
     identities' validation images; NaN if none), for a checkpoint trained earlier: `distill` computes them for the
     student it returns (`DistillResult.held_out_cosines`)."""
-    cosines = held_out_cosines(student, teacher, data, seed, val_fraction, max_images)
+    return mean_cosine(held_out_cosines(student, teacher, data, seed, val_fraction, max_images))
+
+
+def mean_cosine(cosines: np.ndarray) -> float:
+    """The mean of per-image `teacher_cosines`; NaN when none were measured (no teacher or no held-out images)."""
     return float(cosines.mean()) if len(cosines) else math.nan
 
 

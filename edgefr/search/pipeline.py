@@ -178,7 +178,7 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     # The search makes `out` at its first checkpoint: a command failing on its input leaves no empty run folder.
     supernet, state, budgets, _, devices = run_search(config, teacher, data, out, resume=resume, log=log)
     candidates = kept or fitted_candidates(supernet, budgets, devices, finalists, config.seed, out, log)
-    trained, agreements = [], []
+    trained = []
     if train:
         from edgefr.distill import SHORT_RUN_RECIPE, distill
 
@@ -194,9 +194,7 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
                                    resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
                                    max_images=config.max_images,
                                    time_budget_s=distill_minutes and 60 * distill_minutes, **SHORT_RUN_RECIPE))
-            agreements.append(trained[-1].teacher_agreement)
-    chosen = choose_finalist(agreements)
-    margins = cosine_margins([outcome.held_out_cosines for outcome in trained], chosen) if trained else []
+    chosen = choose_finalist([outcome.teacher_agreement for outcome in trained])
     arch, measured = candidates[chosen]
     arch_path = out / "arch.json"
     if finalists > 1:
@@ -225,8 +223,9 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         "decisions": supernet.choice_probabilities(arch),
     }
     if finalists > 1 and train:
+        margins = cosine_margins([outcome.held_out_cosines for outcome in trained], chosen)
         summary["finalists"] = [finalist_record(*record, i == chosen)
-                                for i, record in enumerate(zip(candidates, trained, agreements, margins))]
+                                for i, record in enumerate(zip(candidates, trained, margins))]
     from edgefr.search.report import decisions_line, finalists_line, undecided_line, write_report
 
     log(decisions_line(summary["decisions"]))
@@ -308,13 +307,13 @@ def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
     return None
 
 
-def finalist_record(candidate: tuple, outcome, agreement: float, margin: float, chosen: bool) -> dict:
+def finalist_record(candidate: tuple, outcome, margin: float, chosen: bool) -> dict:
     arch, measured = candidate
     model = create_model(arch)
     return {"name": arch.name, "arch": arch.to_dict(), "arch_file": str(outcome.out / "arch.json"),
             "widths": list(arch.widths()), "depths": list(arch.depths()),
             "measured_ms": measured["measured_ms"], "params": count_params(model), "mflops": count_flops(model) / 1e6,
-            "teacher_agreement": agreement, "standard_errors_behind_chosen": margin,
+            "teacher_agreement": outcome.teacher_agreement, "standard_errors_behind_chosen": margin,
             "val_accuracy": outcome.best.get("val_accuracy"),
             "best_epoch": outcome.best.get("epoch"), "chosen": chosen}
 
