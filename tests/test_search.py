@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from edgefr.devices import resolve_device
-from edgefr.distill.engine import held_out_cosines
+from edgefr.distill.engine import DistillResult, held_out_cosines
 from edgefr.errors import EdgefrError
 from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table, load_table
 from edgefr.latency.profile import speed_against_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
 from edgefr.search.engine import SampledPath, SearchConfig, architecture_loss, guiding_objective
-from edgefr.search.pipeline import cosine_margins, run_pipeline
-from edgefr.search.report import SEPARATING_STANDARD_ERRORS, undecided_line
+from edgefr.search.pipeline import SEPARATING_STANDARD_ERRORS, cosine_margins, distill_finalists, run_pipeline
+from edgefr.search.report import undecided_line
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, load_arch_file, load_student, resolve_arch
 from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
@@ -349,21 +349,61 @@ def test_finalists_trail_the_chosen_one_by_paired_standard_errors_and_close_ones
     (0.40-0.61) would hide so small a gap between unpaired means."""
     chosen = np.array([0.52, 0.47, 0.61, 0.40, 0.55])
     steady = chosen - np.array([0.01, 0.03, 0.02, 0.02, 0.02])
-    margins = cosine_margins([steady, chosen, np.zeros(0)], chosen=1)
+    margins = cosine_margins([[steady], [chosen], [np.zeros(0)]], chosen=1)
     assert margins[:2] == pytest.approx([2 * math.sqrt(10), 0.0])
     assert math.isnan(margins[2])  # not measured (no held-out images)
-    assert cosine_margins([chosen, chosen - 0.01], chosen=0)[1] == math.inf  # behind on every image alike
+    assert cosine_margins([[chosen], [chosen - 0.01]], chosen=0)[1] == math.inf  # behind on every image alike
+    # Distilled at a second seed too (other held-out images), where `steady` draws level on average: the leads
+    # average to 0.01 and the two seeds' standard errors (0.0032 each) combine to 0.0022, 2 sqrt(5) of them.
+    chosen_again = np.array([0.30, 0.72, 0.45, 0.58, 0.66])
+    steady_again = chosen_again - np.array([-0.01, 0.01, 0.0, 0.0, 0.0])
+    assert cosine_margins([[steady, steady_again], [chosen, chosen_again]], chosen=1)[0] == pytest.approx(
+        2 * math.sqrt(5))
+    # A finalist distilled at the first seed only is compared on that seed.
+    assert cosine_margins([[steady], [chosen, chosen_again]], chosen=1)[0] == pytest.approx(2 * math.sqrt(10))
 
     def finalist(name, margin):
         return {"name": name, "chosen": margin == 0.0, "standard_errors_behind_chosen": margin,
-                "arch_file": f"run/finalists/{name}/arch.json"}
+                "arch_file": f"run/finalists/{name}/arch.json", "seeds": [{"seed": 3}, {"seed": 4}]}
 
     finalists = [finalist("searched", 6.3), finalist("searched-2", 1.1), finalist("searched-3", 0.0)]
     line = undecided_line(finalists)
-    assert line.startswith("warning: within 2 paired standard errors of the chosen searched-3: searched-2 (1.1);")
-    assert "searched (" not in line
+    assert line.startswith("warning: within 2 paired standard errors of the chosen searched-3: searched-2 (1.1); "
+                           "the held-out images do not tell them apart at seeds 3, 4.")
+    assert "searched (" not in line and "--tie-break-seeds" in line
     assert line.endswith(": run/finalists/searched-3/arch.json run/finalists/searched-2/arch.json")
     assert undecided_line([finalist("searched", 2.5), finalist("searched-2", 0.0)]) == ""
+
+
+def test_tie_break_distills_the_close_finalists_again_and_chooses_by_their_mean_over_seeds():
+    """The whole-space host-ort 2 ms run of the README, in constructed per-image cosines: at the first seed `b` and
+    `c` are a tie (c ahead by 0.003, about one paired standard error) and `a` is far behind; at the next seed `b`
+    leads `c` by 0.05. Only the tied pair is distilled again, `b` wins on the mean over the two seeds, and the
+    tie-break stops there though it may take more seeds."""
+    images = {7: np.linspace(0.3, 0.7, 50), 8: np.linspace(0.2, 0.8, 50)}  # each seed holds out its own images
+    wobble = 0.02 * (-1.0) ** np.arange(50)  # per-image differences between students: a paired standard error 0.003
+    offsets = {("a", 7): -0.027, ("b", 7): 0.0, ("c", 7): 0.003 + wobble, ("b", 8): 0.05, ("c", 8): wobble}
+    calls = []
+
+    def distill_at(i, seed):
+        calls.append(("abc"[i], seed))
+        run = Path(f"run/finalists/{i + 1}")
+        return DistillResult(run, run / "best.pt", run / "last.pt", run / "metrics.csv",
+                             held_out_cosines=images[seed] + offsets["abc"[i], seed])
+
+    log = []
+    trained, chosen = distill_finalists(3, distill_at, 7, 2, log.append)
+    assert calls == [("a", 7), ("b", 7), ("c", 7), ("b", 8), ("c", 8)]
+    assert chosen == 1 and [[seed for seed, _ in runs] for runs in trained] == [[7], [7, 8], [7, 8]]
+    assert log == ["the held-out images do not separate finalists 2, 3 (within 2 paired standard errors): "
+                   "distilling them again at seed 8"]
+    margins = cosine_margins([[result.held_out_cosines for _, result in runs] for runs in trained], chosen)
+    assert margins[1] == 0.0 and min(margins[0], margins[2]) > SEPARATING_STANDARD_ERRORS
+    # Without a tie-break the first seed decides: c, by a margin the images cannot vouch for.
+    calls.clear()
+    trained, chosen = distill_finalists(3, distill_at, 7, 0, log.append)
+    assert chosen == 2 and len(calls) == 3
+    assert cosine_margins([[result.held_out_cosines for _, result in runs] for runs in trained], 2)[1] < 2
 
 
 def tiny_search(out, faces, *extra):
@@ -449,15 +489,28 @@ def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_te
     assert "finalists.json already fitted and measured" in result.stdout
     report = json.loads((out / "report.json").read_text())
     finalists = report["finalists"]
-    # Each finalist was distilled on its own (best.pt by validation accuracy); the one whose held-out embeddings
-    # agree best with the teacher's is the result.
+    # Each finalist was distilled on its own (best.pt by validation accuracy) at the run's seed, 0.
     validation = [max(float(row["val_accuracy"]) for row in csv.DictReader(
         (out / "finalists" / str(i) / "metrics.csv").open())) for i in (1, 2)]
-    assert [f["val_accuracy"] for f in finalists] == pytest.approx(validation, abs=1e-6)
-    cosines = [held_out_cosines(load_student(out / "finalists" / str(i) / "best.pt")[0], "sface", faces)
+    assert [f["seeds"][0]["val_accuracy"] for f in finalists] == pytest.approx(validation, abs=1e-6)
+    cosines = [[held_out_cosines(load_student(out / "finalists" / str(i) / "best.pt")[0], "sface", faces)]
                for i in (1, 2)]
-    agreements = [float(c.mean()) for c in cosines]
-    assert [f["teacher_agreement"] for f in finalists] == pytest.approx(agreements, abs=1e-4)
+    first_choice = int(np.argmax([c[0].mean() for c in cosines]))
+    # Where the held-out images do not separate the two, both were distilled again at seed 1 (its own held-out
+    # images) and the mean over the seeds chooses; else seed 0 decided alone.
+    tied = cosine_margins(cosines, first_choice)[1 - first_choice] < SEPARATING_STANDARD_ERRORS
+    seeds = [0, 1] if tied else [0]
+    assert [[run["seed"] for run in f["seeds"]] for f in finalists] == [seeds, seeds]
+    assert (out / "finalists" / "1" / "seed-1" / "best.pt").is_file() == tied
+    assert ("distilling them again at seed 1" in result.stdout) == tied
+    if tied:
+        for i, runs in enumerate(cosines, 1):
+            runs.append(held_out_cosines(load_student(out / "finalists" / str(i) / "seed-1" / "best.pt")[0], "sface",
+                                         faces, seed=1))
+    for f, runs in zip(finalists, cosines):
+        assert [run["teacher_agreement"] for run in f["seeds"]] == pytest.approx([c.mean() for c in runs], abs=1e-4)
+        assert f["teacher_agreement"] == pytest.approx(np.mean([c.mean() for c in runs]), abs=1e-4)
+    agreements = [f["teacher_agreement"] for f in finalists]
     (chosen,) = [f for f in finalists if f["chosen"]]
     assert chosen["teacher_agreement"] == pytest.approx(max(agreements), abs=1e-4)
     # How far the held-out images set the other finalist apart, paired image by image, printed and warned about.
@@ -467,6 +520,10 @@ def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_te
     assert f"{other['standard_errors_behind_chosen']:.1f} s.e. behind" in result.stdout
     undecided = other["standard_errors_behind_chosen"] < SEPARATING_STANDARD_ERRORS
     assert ("held-out images do not tell them apart" in result.stdout) == undecided
+    # The student kept is the chosen architecture's closest to the teacher over its seeds.
+    kept = max(chosen["seeds"], key=lambda run: run["teacher_agreement"])
+    assert report["training"]["seed"] == kept["seed"]
+    assert report["training"]["teacher_agreement"] == pytest.approx(kept["teacher_agreement"], abs=1e-6)
     # Each finalist's architecture lies beside its student, to distill it again alone at another seed.
     for i, f in enumerate(finalists, 1):
         assert f["arch_file"] == str(out / "finalists" / str(i) / "arch.json")
@@ -474,7 +531,9 @@ def test_finalists_are_distinct_fits_in_the_window_and_the_one_closest_to_the_te
     assert report["arch"] == chosen["arch"] == json.loads((out / "arch.json").read_text())
     assert report["budgets"][0]["measured_ms"] == chosen["measured_ms"]["host-ort"]
     assert f"{chosen['name']} (" in result.stdout and "<- chosen" in result.stdout
-    assert "## Finalists" in (out / "report.md").read_text()
+    table = [line for line in (out / "report.md").read_text().split("## Finalists")[1].split("##")[0].splitlines()
+             if line.startswith("|")]
+    assert len(table) == 2 + len(finalists) and len({line.count("|") for line in table}) == 1, table
     # A run resumed after training keeps its fits and its choice, and refuses another count of finalists.
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -96,6 +96,10 @@ def layer_choices(activations: str | None, kernels: str | None, expansions: str 
               help="Distill this many fitted architectures (the most probable, then fits of samples of the learned "
                    "distributions) and keep the one whose embeddings of held-out training images agree best with the "
                    "teacher's: N x the distillation time.")
+@click.option("--tie-break-seeds", default=1, show_default=True, type=click.IntRange(min=0),
+              help="With --finalists: while finalists are within 2 paired standard errors of the chosen one on the "
+                   "held-out images, distill them again at the next --seed, up to this many more seeds, and choose by "
+                   "the mean over seeds (0: only warn).")
 @click.option("--activations", help="Activations the student may use, comma-separated [all: relu,prelu].")
 @click.option("--kernels", help="Depthwise kernel sizes its blocks may use [all: 3,5].")
 @click.option("--expansions", help="Expansions its inverted residuals may use [all: 2,4].")
@@ -109,8 +113,8 @@ def layer_choices(activations: str | None, kernels: str | None, expansions: str 
 @click.option("--no-train", is_flag=True, help="Architecture only: search, fit and measure; no distillation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 def search_command(budgets, devices, teacher, data, out, kd, margin_weight, steps, warmup_steps, batch_size,
-                   distill_epochs, distill_minutes, finalists, activations, kernels, expansions, latency_penalty,
-                   embedding, max_images, seed, no_train, resume) -> None:
+                   distill_epochs, distill_minutes, finalists, tie_break_seeds, activations, kernels, expansions,
+                   latency_penalty, embedding, max_images, seed, no_train, resume) -> None:
     """Search a student that meets --latency-ms on the device(s), measured; then distill and evaluate it.
 
     \b
@@ -134,7 +138,8 @@ def search_command(budgets, devices, teacher, data, out, kd, margin_weight, step
                           seed=seed, max_images=max_images, latency_penalty=latency_penalty, **choices,
                           checkpoint_every=max(1, min(20, steps // 4)))  # at least 4 checkpoints per search
     summary = run_pipeline(config, teacher, data, out, train=not no_train, distill_epochs=distill_epochs,
-                           distill_minutes=distill_minutes or None, finalists=finalists, resume=resume,
+                           distill_minutes=distill_minutes or None, finalists=finalists,
+                           tie_break_seeds=tie_break_seeds, resume=resume,
                            log=click.echo)
     for b in summary["budgets"]:
         click.echo(f"{b['device']}: budget {b['budget_ms']:g} ms, predicted {b['predicted_ms']:.2f} ms, measured "

@@ -28,6 +28,9 @@ EDGE_MARGIN = 0.02
 # is dropped.
 SAMPLES_PER_FINALIST = 4
 FINALISTS_FILE = "finalists.json"
+# A finalist whose held-out cosines trail the chosen one's by fewer paired standard errors (`cosine_margins`) is not
+# told apart from it by the held-out images: the tie-break distills both again at another seed.
+SEPARATING_STANDARD_ERRORS = 2.0
 
 
 @dataclass
@@ -167,34 +170,43 @@ def machine_states(budgets, devices, log=print) -> dict[str, float]:
 
 
 def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool = True, distill_epochs: int = 2,
-                 distill_minutes: float | None = None, finalists: int = 1, resume: bool = False, log=print) -> dict:
+                 distill_minutes: float | None = None, finalists: int = 1, tie_break_seeds: int = 1,
+                 resume: bool = False, log=print) -> dict:
     """The whole job. distill_minutes: a time box for the distillation's training steps on this machine (at most
     `distill_epochs` epochs); the searched student's training speed is not known before it is searched.
     finalists: how many fitted architectures to distill (`fit_finalists`); the one whose embeddings of the held-out
-    images of the training identities agree best with the teacher's (`choose_finalist`) becomes the result. Without
-    training they are only fitted (finalists.json; arch.json is the most probable one) for a caller that trains and
-    chooses them itself (benchmarks/search_vs_baselines.py)."""
+    images of the training identities agree best with the teacher's (`choose_finalist`) becomes the result.
+    tie_break_seeds: while the held-out images do not separate some finalists from the chosen one (fewer than
+    SEPARATING_STANDARD_ERRORS paired standard errors behind it), distill those again at the next seed, up to this
+    many more seeds, and choose among them by their mean over seeds (the spread between training seeds is larger
+    than the gaps such ties leave: README, *Finalists*). Without training they are only fitted (finalists.json;
+    arch.json is the most probable one) for a caller that trains and chooses them itself
+    (benchmarks/search_vs_baselines.py)."""
     kept = kept_candidates(out, finalists, log) if resume else None  # checked before the search resumes
     # The search makes `out` at its first checkpoint: a command failing on its input leaves no empty run folder.
     supernet, state, budgets, _, devices = run_search(config, teacher, data, out, resume=resume, log=log)
     candidates = kept or fitted_candidates(supernet, budgets, devices, finalists, config.seed, out, log)
-    trained = []
+    trained, chosen = [], 0  # per candidate, its students as (seed, DistillResult)
     if train:
         from edgefr.distill import SHORT_RUN_RECIPE, distill
 
-        # The search ranked architectures with the KD objective (--kd); the searched students are distilled with
-        # the recipe measured best for short runs.
-        for i, (arch, _) in enumerate(candidates):
+        def distill_at(i: int, seed: int):
+            arch = candidates[i][0]
             student_dir = out / "distill" if finalists == 1 else out / "finalists" / str(i + 1)
+            if seed != config.seed:
+                student_dir = student_dir / f"seed-{seed}"
             if finalists > 1:
-                log(f"distilling finalist {i + 1} of {len(candidates)} into {student_dir}")
+                log(f"distilling finalist {i + 1} of {len(candidates)} at seed {seed} into {student_dir}")
                 student_dir.mkdir(parents=True, exist_ok=True)
                 arch.save(student_dir / "arch.json")  # to distill it again alone (`edgefr distill --arch`)
-            trained.append(distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
-                                   resume=resume and (student_dir / "last.pt").is_file(), seed=config.seed,
-                                   max_images=config.max_images,
-                                   time_budget_s=distill_minutes and 60 * distill_minutes, **SHORT_RUN_RECIPE))
-    chosen = choose_finalist([outcome.teacher_agreement for outcome in trained])
+            # The search ranked architectures with the KD objective (--kd); the searched students are distilled
+            # with the recipe measured best for short runs.
+            return distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
+                           resume=resume and (student_dir / "last.pt").is_file(), seed=seed,
+                           max_images=config.max_images,
+                           time_budget_s=distill_minutes and 60 * distill_minutes, **SHORT_RUN_RECIPE)
+
+        trained, chosen = distill_finalists(len(candidates), distill_at, config.seed, tie_break_seeds, log)
     arch, measured = candidates[chosen]
     arch_path = out / "arch.json"
     if finalists > 1:
@@ -206,7 +218,7 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     binding = max(budgets, key=lambda b: measured["measured_ms"][b.device] / b.budget_ms).device
     summary = {
         "blocks": block_predictions(arch, devices),
-        "schema": "edgefr.search-report/1", "arch": arch.to_dict(), "arch_file": str(arch_path),
+        "schema": "edgefr.search-report/2", "arch": arch.to_dict(), "arch_file": str(arch_path),
         # What the search learned, before fitting: deterministic given the seed (the fit depends on measurements).
         "most_probable_arch": supernet.derive("most-probable").to_dict(),
         "budgets": [{"device": b.device, "budget_ms": b.budget_ms,
@@ -223,7 +235,7 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
         "decisions": supernet.choice_probabilities(arch),
     }
     if finalists > 1 and train:
-        margins = cosine_margins([outcome.held_out_cosines for outcome in trained], chosen)
+        margins = cosine_margins(seed_cosines(trained), chosen)
         summary["finalists"] = [finalist_record(*record, i == chosen)
                                 for i, record in enumerate(zip(candidates, trained, margins))]
     from edgefr.search.report import decisions_line, finalists_line, undecided_line, write_report
@@ -236,15 +248,36 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
     if train:
         from edgefr.space import save_student
 
-        outcome = trained[chosen]
+        # The chosen architecture's student closest to the teacher on its held-out images, where it was distilled at
+        # several seeds.
+        seed, outcome = max(trained[chosen], key=lambda run: run[1].teacher_agreement)
         save_student(out / "student.pt", outcome.student, metrics=outcome.best, arch_file=str(arch_path))
         summary["student"] = str(out / "student.pt")
         summary["training"] = {"epochs": distill_epochs, "time_box_minutes": distill_minutes,
                                "recipe": SHORT_RUN_RECIPE, "history": outcome.history,
-                               "teacher_agreement": outcome.teacher_agreement}
+                               "seed": seed, "teacher_agreement": outcome.teacher_agreement}
         summary["accuracy"] = evaluate_student(outcome.student)
     write_report(out, summary)
     return summary
+
+
+def distill_finalists(count: int, distill_at, seed: int, tie_break_seeds: int, log=print) -> tuple[list, int]:
+    """Distill each of `count` finalists at `seed` (`distill_at(i, seed)` -> DistillResult), then, while the held-out
+    images leave some within SEPARATING_STANDARD_ERRORS of the chosen one, distill those again at the next seed, up
+    to `tie_break_seeds` more. Returns (per finalist its students as (seed, DistillResult), the chosen index)."""
+    trained = [[(seed, distill_at(i, seed))] for i in range(count)]
+    chosen = choose_by_seeds(trained)
+    for extra in range(1, tie_break_seeds + 1):
+        margins = cosine_margins(seed_cosines(trained), chosen)
+        tied = [i for i, margin in enumerate(margins) if margin < SEPARATING_STANDARD_ERRORS]
+        if len(tied) < 2:
+            break
+        log(f"the held-out images do not separate finalists {', '.join(str(i + 1) for i in tied)} (within "
+            f"{SEPARATING_STANDARD_ERRORS:g} paired standard errors): distilling them again at seed {seed + extra}")
+        for i in tied:
+            trained[i].append((seed + extra, distill_at(i, seed + extra)))
+        chosen = choose_by_seeds(trained)
+    return trained, chosen
 
 
 def choose_finalist(agreements: list[float]) -> int:
@@ -255,24 +288,45 @@ def choose_finalist(agreements: list[float]) -> int:
                default=0)
 
 
-def cosine_margins(cosines: list[np.ndarray], chosen: int) -> list[float]:
-    """Per finalist, by how many standard errors its held-out cosines to the teacher trail the chosen finalist's
-    (>= 0; 0 for the chosen one; NaN where not measured): the mean per-image difference over its standard error. The
-    finalists were distilled at one seed, so all were measured on the same held-out images, and pairing them cancels
-    what is easy or hard in each image: the paired standard error is about half of each mean's own. It counts the
-    images' sampling, not the spread between training seeds, which is larger (README, *Finalists*)."""
-    reference = cosines[chosen].astype(np.float64)
+def choose_by_seeds(trained: list[list[tuple]]) -> int:
+    """`choose_finalist` among the finalists distilled at the most seeds (those the last tie-break retrained), by
+    their held-out agreement averaged over the seeds."""
+    most = max(len(runs) for runs in trained)
+    return choose_finalist([float(np.mean([result.teacher_agreement for _, result in runs])) if len(runs) == most
+                            else math.nan for runs in trained])
 
-    def margin(values: np.ndarray) -> float:
-        if len(values) < 2 or len(values) != len(reference):
+
+def seed_cosines(trained: list[list[tuple]]) -> list[list[np.ndarray]]:
+    """Per finalist, the per-image held-out cosines of each of its students, in the order of their seeds."""
+    return [[result.held_out_cosines for _, result in runs] for runs in trained]
+
+
+def cosine_margins(cosines: list[list[np.ndarray]], chosen: int) -> list[float]:
+    """Per finalist, by how many standard errors its held-out cosines to the teacher trail the chosen finalist's (0
+    for the chosen one; NaN where not measured). `cosines[i]` holds finalist i's per-image cosines at each seed it
+    was distilled at, the run's seed first: finalists distilled at one seed were measured on the same held-out
+    images, and pairing them cancels what is easy or hard in each image (the paired standard error is about half
+    of each mean's own). Over the seeds both were distilled at, the per-seed mean leads are averaged and their
+    standard errors combined. It counts the images' sampling, not the spread between training seeds, which is
+    larger (README, *Finalists*)."""
+    reference = cosines[chosen]
+
+    def margin(runs: list[np.ndarray]) -> float:
+        leads, variances = [], []
+        for ours, theirs in zip(reference, runs):  # the seeds both were distilled at
+            if len(theirs) < 2 or len(theirs) != len(ours):
+                return math.nan
+            lead = ours.astype(np.float64) - theirs
+            leads.append(lead.mean())
+            variances.append(lead.var(ddof=1) / len(lead))
+        if not leads:
             return math.nan
-        lead = reference - values
-        spread = lead.std(ddof=1)
-        if not spread:  # the same lead on every image
-            return math.inf if lead.mean() else 0.0
-        return float(lead.mean() / spread * math.sqrt(len(lead)))
+        mean_lead, error = float(np.mean(leads)), math.sqrt(sum(variances)) / len(leads)
+        if not error:  # the same lead on every image
+            return math.inf if mean_lead else 0.0
+        return mean_lead / error
 
-    return [0.0 if i == chosen else margin(values) for i, values in enumerate(cosines)]
+    return [0.0 if i == chosen else margin(runs) for i, runs in enumerate(cosines)]
 
 
 def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Path, log=print) -> list[tuple]:
@@ -307,15 +361,19 @@ def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
     return None
 
 
-def finalist_record(candidate: tuple, outcome, margin: float, chosen: bool) -> dict:
+def finalist_record(candidate: tuple, runs: list[tuple], margin: float, chosen: bool) -> dict:
+    """report.json's entry for one finalist: its fit, and per seed it was distilled at, how it trained and how close
+    its held-out embeddings came to the teacher's (`teacher_agreement`: their mean over the seeds)."""
     arch, measured = candidate
     model = create_model(arch)
-    return {"name": arch.name, "arch": arch.to_dict(), "arch_file": str(outcome.out / "arch.json"),
+    return {"name": arch.name, "arch": arch.to_dict(), "arch_file": str(runs[0][1].out / "arch.json"),
             "widths": list(arch.widths()), "depths": list(arch.depths()),
             "measured_ms": measured["measured_ms"], "params": count_params(model), "mflops": count_flops(model) / 1e6,
-            "teacher_agreement": outcome.teacher_agreement, "standard_errors_behind_chosen": margin,
-            "val_accuracy": outcome.best.get("val_accuracy"),
-            "best_epoch": outcome.best.get("epoch"), "chosen": chosen}
+            "teacher_agreement": float(np.mean([result.teacher_agreement for _, result in runs])),
+            "standard_errors_behind_chosen": margin, "chosen": chosen,
+            "seeds": [{"seed": seed, "teacher_agreement": result.teacher_agreement,
+                       "val_accuracy": result.best.get("val_accuracy"), "best_epoch": result.best.get("epoch"),
+                       "student": str(result.best_path)} for seed, result in runs]}
 
 
 def block_predictions(arch, devices) -> list[dict]:

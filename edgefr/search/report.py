@@ -7,11 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefr.search.pipeline import SEPARATING_STANDARD_ERRORS
 from edgefr.space import arch_from_dict
-
-# A finalist whose held-out cosine trails the chosen one's by fewer paired standard errors is not told apart from it
-# by the held-out images (`edgefr.search.pipeline.cosine_margins`; README, *Finalists*).
-SEPARATING_STANDARD_ERRORS = 2.0
 
 
 def write_report(out: Path, summary: dict) -> None:
@@ -100,17 +97,17 @@ def _shape(finalist: dict) -> str:
 
 
 def finalists_line(finalists: list[dict]) -> str:
-    """One printed line: each finalist's stage widths x depths and held-out agreement, with how many paired standard
-    errors it trails the chosen one by, the chosen one marked."""
+    """One printed line: each finalist's stage widths x depths, held-out agreement and the seeds it was distilled
+    at, with how many paired standard errors it trails the chosen one by, the chosen one marked."""
     return "finalists by held-out cosine to the teacher: " + "; ".join(
-        f"{f['name']} ({_shape(f)}) {f['teacher_agreement']:.4f}"
+        f"{f['name']} ({_shape(f)}) {f['teacher_agreement']:.4f} at {_seeds(f)}"
         + (" <- chosen" if f["chosen"] else f" ({f['standard_errors_behind_chosen']:.1f} s.e. behind)")
         for f in finalists)
 
 
 def undecided_line(finalists: list[dict]) -> str:
-    """A printed warning naming the finalists the held-out images do not tell apart from the chosen one (fewer than
-    SEPARATING_STANDARD_ERRORS behind it), or "" when there are none."""
+    """A printed warning naming the finalists the held-out images still do not tell apart from the chosen one (fewer
+    than SEPARATING_STANDARD_ERRORS behind it), or "" when there are none."""
     (chosen,) = [f for f in finalists if f["chosen"]]
     close = [f for f in finalists
              if not f["chosen"] and f["standard_errors_behind_chosen"] < SEPARATING_STANDARD_ERRORS]
@@ -119,9 +116,14 @@ def undecided_line(finalists: list[dict]) -> str:
     names = ", ".join(f"{f['name']} ({f['standard_errors_behind_chosen']:.1f})" for f in close)
     files = " ".join(f["arch_file"] for f in [chosen, *close])
     return (f"warning: within {SEPARATING_STANDARD_ERRORS:g} paired standard errors of the chosen "
-            f"{chosen['name']}: {names}; the held-out images do not tell them apart at this training seed. To "
-            f"decide, distill each again at another --seed (edgefr distill --arch FILE) and compare their held-out "
-            f"cosines: {files}")
+            f"{chosen['name']}: {names}; the held-out images do not tell them apart at {_seeds(chosen)}. To decide, "
+            f"rerun with --resume and a larger --tie-break-seeds (distills them at further seeds), or distill each "
+            f"again at another --seed (edgefr distill --arch FILE): {files}")
+
+
+def _seeds(finalist: dict) -> str:
+    seeds = [str(run["seed"]) for run in finalist["seeds"]]
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(seeds)
 
 
 def _finalist_lines(finalists: list[dict]) -> list[str]:
@@ -129,18 +131,22 @@ def _finalist_lines(finalists: list[dict]) -> list[str]:
     lines = ["## Finalists", "", "Each fitted architecture was distilled with the same recipe; the one whose "
              "embeddings of the held-out images of the training identities agree best with the teacher's (mean "
              "cosine) is the result. The paired standard errors say how far those images set each finalist apart from "
-             f"it: under {SEPARATING_STANDARD_ERRORS:g}, they do not tell the two apart at this training seed. "
-             "Validation accuracy (pairs of those images) picked best.pt within each run.", "",
+             f"it: under {SEPARATING_STANDARD_ERRORS:g}, they do not tell the two apart, and the tie-break distilled "
+             "both again at the next seed (each seed holds out its own images), up to --tie-break-seeds more seeds; "
+             "the finalists distilled at the most seeds were then ranked by their mean. Validation accuracy (pairs "
+             "of the held-out images) picked best.pt within each run.", "",
              "| finalist | stage widths x depths | " + " | ".join(f"{d} measured ms" for d in devices)
-             + " | params | MFLOPs | held-out cosine to teacher | paired standard errors behind the chosen "
-             "| validation % | best epoch |",
-             "|---" * (8 + len(devices)) + "|"]
+             + " | params | MFLOPs | held-out cosine to teacher (mean) | per seed | paired standard errors behind the "
+             "chosen | validation % per seed | best epoch per seed |",
+             "|---" * (9 + len(devices)) + "|"]
     for f in finalists:
         name = f"**{f['name']}** (chosen)" if f["chosen"] else f["name"]
+        per_seed = ", ".join(f"{run['teacher_agreement']:.4f} (seed {run['seed']})" for run in f["seeds"])
+        validation = ", ".join(f"{100 * run['val_accuracy']:.2f}" for run in f["seeds"])
+        epochs = ", ".join(str(run["best_epoch"]) for run in f["seeds"])
         lines.append(f"| {name} | {_shape(f)} | " + " | ".join(f"{f['measured_ms'][d]:.2f}" for d in devices)
                      + f" | {f['params'] / 1e6:.3f}M | {f['mflops']:.1f} | {f['teacher_agreement']:.4f} | "
-                     f"{f['standard_errors_behind_chosen']:.1f} | {100 * f['val_accuracy']:.2f} | "
-                     f"{f['best_epoch']} |")
+                     f"{per_seed} | {f['standard_errors_behind_chosen']:.1f} | {validation} | {epochs} |")
     return lines + [""]
 
 
@@ -151,7 +157,8 @@ def _training_lines(training: dict) -> list[str]:
     return ["## Distillation", "",
             f"{steps} steps in {len(history)} epoch(s), {seconds / 60:.1f} min, "
             f"{history[-1]['images_per_s']:.1f} images/s; at most {training['epochs']} epochs"
-            + (f" within a {box:g}-minute time box" if box else "") + f"; recipe `{training['recipe']}`.", ""]
+            + (f" within a {box:g}-minute time box" if box else "") + f"; recipe `{training['recipe']}`; seed "
+            f"{training['seed']}.", ""]
 
 
 def _window_note(budget: dict) -> str:
