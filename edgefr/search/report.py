@@ -131,10 +131,10 @@ def _finalist_lines(finalists: list[dict]) -> list[str]:
     lines = ["## Finalists", "", "Each fitted architecture was distilled with the same recipe; the one whose "
              "embeddings of the held-out images of the training identities agree best with the teacher's (mean "
              "cosine) is the result. The paired standard errors say how far those images set each finalist apart from "
-             f"it: under {SEPARATING_STANDARD_ERRORS:g}, they do not tell the two apart, and the tie-break distilled "
-             "both again at the next seed (each seed holds out its own images), up to --tie-break-seeds more seeds; "
-             "the finalists distilled at the most seeds were then ranked by their mean. Validation accuracy (pairs "
-             "of the held-out images) picked best.pt within each run.", "",
+             f"it: under {SEPARATING_STANDARD_ERRORS:g}, they do not tell the two apart, and the tie-break distills "
+             "both again at the next seed (each seed holds out its own images), for up to --tie-break-seeds seeds; "
+             "the finalists distilled at the most seeds are ranked by their mean. Validation accuracy (pairs of the "
+             "held-out images) picked best.pt within each run.", "",
              "| finalist | stage widths x depths | " + " | ".join(f"{d} measured ms" for d in devices)
              + " | params | MFLOPs | held-out cosine to teacher (mean) | per seed | paired standard errors behind the "
              "chosen | validation % per seed | best epoch per seed |",
