@@ -286,6 +286,34 @@ def test_benchmark_does_not_reuse_a_plan_searched_with_other_options(tmp_path):
                           f"{run}: searched with --finalists 1; use another --out or the same options")
 
 
+def test_benchmark_matches_its_baseline_by_measured_latency_on_a_host_far_from_its_table(tmp_path, host_tables_here,
+                                                                                        monkeypatch):
+    """The host runs 1.6x faster than its table says. Matching a table prediction to the searched student's
+    measured time would pick a baseline ~1.6x faster than it; the benchmark measures its candidates beside it."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from search_vs_baselines import DEPTHS, WIDTHS, matched_baseline
+
+    from edgefr.latency.profile import measure_networks
+    from edgefr.space import scaled_mobilefacenet
+
+    drifted = tmp_path / "tables"
+    shutil.copytree(host_tables_here, drifted)
+    table = table_at_speed(load_table(drifted / "host-ort.json"), 1.6, drifted / "host-ort.json")
+    monkeypatch.setenv("EDGEFR_LATENCY_TABLES", str(drifted))
+    device = resolve_device("host-ort")
+    # A searched-like net (a ReLU stem on a PReLU body: in none of the baselines' grid), about 2 ms here.
+    searched = replace(scaled_mobilefacenet(1.0, 0.75, "prelu"), stem_act="relu", name="searched")
+    baseline, baseline_ms = matched_baseline(device, searched)
+    times = measure_networks(device, {"searched": searched, "baseline": baseline}, "check")
+    assert baseline_ms == pytest.approx(times["baseline"], rel=0.1)
+    assert baseline_ms == pytest.approx(times["searched"], rel=0.15), (baseline.name, baseline_ms, times)
+    # What a table prediction matched to the measured time gives instead (the benchmark's former rule).
+    predictor = LatencyPredictor(table)
+    by_table = min((scaled_mobilefacenet(w, d, act) for w in WIDTHS for d in DEPTHS for act in ("prelu", "relu")),
+                   key=lambda arch: abs(predictor.predict(arch).total_ms - times["searched"]))
+    assert measure_networks(device, {"by_table": by_table}, "check")["by_table"] < 0.8 * times["searched"]
+
+
 def test_penalty_benchmark_counts_the_decisions_between_two_architectures():
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     from latency_penalties import decisions_apart
