@@ -28,6 +28,7 @@ EDGE_MARGIN = 0.02
 # is dropped.
 SAMPLES_PER_FINALIST = 4
 FINALISTS_FILE = "finalists.json"
+ARCH_FILE, MEASURED_FILE = "arch.json", "measured.json"  # the fitted architecture, and its measurement record
 # A finalist whose held-out cosines trail the chosen one's by fewer paired standard errors (`cosine_margins`) is not
 # told apart from it by the held-out images: the tie-break distills both again at another seed.
 SEPARATING_STANDARD_ERRORS = 2.0
@@ -198,7 +199,7 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
             if finalists > 1:
                 log(f"distilling finalist {i + 1} of {len(candidates)} at seed {seed} into {student_dir}")
                 student_dir.mkdir(parents=True, exist_ok=True)
-                arch.save(student_dir / "arch.json")  # to distill it again alone (`edgefr distill --arch`)
+                arch.save(student_dir / ARCH_FILE)  # to distill it again alone (`edgefr distill --arch`)
             # The search ranked architectures with the KD objective (--kd); the searched students are distilled
             # with the recipe measured best for short runs.
             return distill(arch, teacher, data, epochs=distill_epochs, out=student_dir,
@@ -208,10 +209,10 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
 
         trained, chosen = distill_finalists(len(candidates), distill_at, config.seed, tie_break_seeds, log)
     arch, measured = candidates[chosen]
-    arch_path = out / "arch.json"
+    arch_path = out / ARCH_FILE
     if finalists > 1:
         arch.save(arch_path)
-        (out / "measured.json").write_text(json.dumps(measured, indent=1) + "\n")
+        (out / MEASURED_FILE).write_text(json.dumps(measured, indent=1) + "\n")
     model = create_model(arch)
     # The device whose budget the student is closest to; with several devices the window applies to it, the
     # others only have to be under budget.
@@ -334,8 +335,8 @@ def fitted_candidates(supernet, budgets, devices, count: int, seed: int, out: Pa
     arch.json + measured.json; several in finalists.json, and `run_pipeline` writes those two for the one chosen."""
     if count == 1:
         result = fit_and_measure(supernet, budgets, devices, log)
-        result.arch.save(out / "arch.json")
-        (out / "measured.json").write_text(json.dumps(result.record(), indent=1) + "\n")
+        result.arch.save(out / ARCH_FILE)
+        (out / MEASURED_FILE).write_text(json.dumps(result.record(), indent=1) + "\n")
         return [(result.arch, result.record())]
     fitted = fit_finalists(supernet, budgets, devices, count, seed, log)
     candidates = [(r.arch, r.record()) for r in fitted]
@@ -354,7 +355,7 @@ def kept_candidates(out: Path, count: int, log=print) -> list[tuple] | None:
             raise EdgefrError(f"{path}: fitted for --finalists {kept['requested']}; resume with that")
         log(f"resuming: {path} already fitted and measured")
         return [(arch_from_dict(record.pop("arch"), str(path)), record) for record in kept["finalists"]]
-    arch_path, measured_path = out / "arch.json", out / "measured.json"
+    arch_path, measured_path = out / ARCH_FILE, out / MEASURED_FILE
     if count == 1 and arch_path.is_file() and measured_path.is_file():
         log(f"resuming: {arch_path} already fitted and measured")
         return [(load_arch_file(arch_path), json.loads(measured_path.read_text()))]
@@ -366,7 +367,7 @@ def finalist_record(candidate: tuple, runs: list[tuple], margin: float, chosen: 
     its held-out embeddings came to the teacher's (`teacher_agreement`: their mean over the seeds)."""
     arch, measured = candidate
     model = create_model(arch)
-    return {"name": arch.name, "arch": arch.to_dict(), "arch_file": str(runs[0][1].out / "arch.json"),
+    return {"name": arch.name, "arch": arch.to_dict(), "arch_file": str(runs[0][1].out / ARCH_FILE),
             "widths": list(arch.widths()), "depths": list(arch.depths()),
             "measured_ms": measured["measured_ms"], "params": count_params(model), "mflops": count_flops(model) / 1e6,
             "teacher_agreement": float(np.mean([result.teacher_agreement for _, result in runs])),
