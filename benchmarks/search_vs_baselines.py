@@ -65,6 +65,11 @@ DEFAULT_RUNS = ("host-ort:2", "host-ort:4", "host-ort:7", "host-tflite-int8:1", 
 RECIPE_FLAGS = {"methods": "--kd", "margin_weight": "--margin-weight", "optimizer": "--optimizer", "lr": "--lr"}
 
 
+def baseline_grid() -> list:
+    """The scaled MobileFaceNets a searched student is matched against: every width x depth, PReLU and ReLU."""
+    return [scaled_mobilefacenet(w, d, act) for w, d, act in itertools.product(WIDTHS, DEPTHS, ("prelu", "relu"))]
+
+
 def matched_baseline(device, searched) -> tuple:
     """The scaled MobileFaceNet (PReLU and ReLU variants) whose measured latency is closest to the searched
     student's, with its latency and the searched one's: the MATCH_CANDIDATES predicted closest to the searched
@@ -73,8 +78,8 @@ def matched_baseline(device, searched) -> tuple:
     a baseline measuring 2.80), and whole-net prediction errors differ between architectures."""
     predictor = LatencyPredictor(load_device_table(device))
     target = predictor.predict(searched).total_ms
-    grid = [scaled_mobilefacenet(w, d, act) for w, d, act in itertools.product(WIDTHS, DEPTHS, ("prelu", "relu"))]
-    nearest = sorted(grid, key=lambda arch: abs(predictor.predict(arch).total_ms - target))[:MATCH_CANDIDATES]
+    by_prediction = sorted(baseline_grid(), key=lambda arch: abs(predictor.predict(arch).total_ms - target))
+    nearest = by_prediction[:MATCH_CANDIDATES]
     times = measure_networks(device, {"searched": searched, **{arch.name: arch for arch in nearest}},
                              "matching a baseline")
     baseline = min(nearest, key=lambda arch: abs(times[arch.name] - times["searched"]))

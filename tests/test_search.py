@@ -22,7 +22,13 @@ from edgefr.latency import ExpectedLatency, LatencyPredictor, load_device_table,
 from edgefr.latency.profile import speed_against_table
 from edgefr.search.budget import Budget, check_reachable, extreme_arch, fit_to_budget
 from edgefr.search.engine import SampledPath, SearchConfig, architecture_loss, guiding_objective
-from edgefr.search.pipeline import SEPARATING_STANDARD_ERRORS, cosine_margins, distill_finalists, run_pipeline
+from edgefr.search.pipeline import (
+    SEPARATING_STANDARD_ERRORS,
+    cosine_margins,
+    distill_finalists,
+    run_pipeline,
+    seed_cosines,
+)
 from edgefr.search.report import undecided_line
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, load_arch_file, load_student, resolve_arch
@@ -291,7 +297,7 @@ def test_benchmark_matches_its_baseline_by_measured_latency_on_a_host_far_from_i
     """The host runs 1.6x faster than its table says. Matching a table prediction to the searched student's
     measured time would pick a baseline ~1.6x faster than it; the benchmark measures its candidates beside it."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    from search_vs_baselines import DEPTHS, WIDTHS, matched_baseline
+    from search_vs_baselines import baseline_grid, matched_baseline
 
     from edgefr.latency.profile import measure_networks
     from edgefr.space import scaled_mobilefacenet
@@ -309,8 +315,7 @@ def test_benchmark_matches_its_baseline_by_measured_latency_on_a_host_far_from_i
     assert baseline_ms == pytest.approx(searched_ms, rel=0.15), (baseline.name, baseline_ms, searched_ms)
     # What a table prediction matched to the measured time gives instead (the benchmark's former rule).
     predictor = LatencyPredictor(table)
-    by_table = min((scaled_mobilefacenet(w, d, act) for w in WIDTHS for d in DEPTHS for act in ("prelu", "relu")),
-                   key=lambda arch: abs(predictor.predict(arch).total_ms - times["searched"]))
+    by_table = min(baseline_grid(), key=lambda arch: abs(predictor.predict(arch).total_ms - times["searched"]))
     assert measure_networks(device, {"by_table": by_table}, "check")["by_table"] < 0.8 * times["searched"]
 
 
@@ -425,13 +430,13 @@ def test_tie_break_distills_the_close_finalists_again_and_chooses_by_their_mean_
     assert chosen == 1 and [[seed for seed, _ in runs] for runs in trained] == [[7], [7, 8], [7, 8]]
     assert log == ["the held-out images do not separate finalists 2, 3 (within 2 paired standard errors): "
                    "distilling them again at seed 8"]
-    margins = cosine_margins([[result.held_out_cosines for _, result in runs] for runs in trained], chosen)
+    margins = cosine_margins(seed_cosines(trained), chosen)
     assert margins[1] == 0.0 and min(margins[0], margins[2]) > SEPARATING_STANDARD_ERRORS
     # Without a tie-break the first seed decides: c, by a margin the images cannot vouch for.
     calls.clear()
     trained, chosen = distill_finalists(3, distill_at, 7, 0, log.append)
     assert chosen == 2 and len(calls) == 3
-    assert cosine_margins([[result.held_out_cosines for _, result in runs] for runs in trained], 2)[1] < 2
+    assert cosine_margins(seed_cosines(trained), 2)[1] < 2
 
 
 def tiny_search(out, faces, *extra):
