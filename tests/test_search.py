@@ -395,15 +395,17 @@ def test_finalists_trail_the_chosen_one_by_paired_standard_errors_and_close_ones
     # A finalist distilled at the first seed only is compared on that seed.
     assert cosine_margins([[steady], [chosen, chosen_again]], chosen=1)[0] == pytest.approx(2 * math.sqrt(10))
 
-    def finalist(name, margin):
+    def finalist(name, margin, seeds=(3, 4)):
         return {"name": name, "chosen": margin == 0.0, "standard_errors_behind_chosen": margin,
-                "arch_file": f"run/finalists/{name}/arch.json", "seeds": [{"seed": 3}, {"seed": 4}]}
+                "arch_file": f"run/finalists/{name}/arch.json", "seeds": [{"seed": seed} for seed in seeds]}
 
-    finalists = [finalist("searched", 6.3), finalist("searched-2", 1.1), finalist("searched-3", 0.0)]
+    # searched-4, close on seed 3 alone, was left behind by the tie-break there: more seeds would not retrain it.
+    finalists = [finalist("searched", 6.3), finalist("searched-2", 1.1), finalist("searched-3", 0.0),
+                 finalist("searched-4", 1.5, seeds=(3,))]
     line = undecided_line(finalists)
     assert line.startswith("warning: within 2 paired standard errors of the chosen searched-3: searched-2 (1.1); "
                            "the held-out images do not tell them apart at seeds 3, 4.")
-    assert "searched (" not in line and "--tie-break-seeds" in line
+    assert "searched (" not in line and "searched-4" not in line and "--tie-break-seeds" in line
     assert line.endswith(": run/finalists/searched-3/arch.json run/finalists/searched-2/arch.json")
     assert undecided_line([finalist("searched", 2.5), finalist("searched-2", 0.0)]) == ""
 
@@ -437,6 +439,33 @@ def test_tie_break_distills_the_close_finalists_again_and_chooses_by_their_mean_
     trained, chosen = distill_finalists(3, distill_at, 7, 0, log.append)
     assert chosen == 2 and len(calls) == 3
     assert cosine_margins(seed_cosines(trained), 2)[1] < 2
+
+
+def test_tie_break_leaves_out_a_finalist_separated_at_an_earlier_seed():
+    """At the first seed `a` leads, `b` is tied with it (1.0 paired standard error behind) and `c` is separated
+    (3.1 behind `a`) though only 1.0 behind `b`. The second seed makes `b` the choice by far. `c`, out since the
+    first round, is not distilled again for being close to the new choice on the first seed alone: it could not be
+    chosen without the second seed, so that distillation would be wasted."""
+    base = np.linspace(0.3, 0.7, 50)
+    wobble = 0.02 * (-1.0) ** np.arange(50)
+    offsets = {("a", 7): 0.0, ("b", 7): -0.003 + wobble, ("c", 7): -0.009 - wobble, ("a", 8): 0.0, ("b", 8): 0.05}
+    calls = []
+
+    def distill_at(i, seed):
+        calls.append(("abc"[i], seed))
+        run = Path(f"run/finalists/{i + 1}")
+        return DistillResult(run, run / "best.pt", run / "last.pt", run / "metrics.csv",
+                             held_out_cosines=base + offsets.get(("abc"[i], seed), 0.0))
+
+    first_seed = cosine_margins([[base + offsets[name, 7]] for name in "abc"], 0)
+    assert first_seed[1] < SEPARATING_STANDARD_ERRORS < first_seed[2]
+    assert cosine_margins([[base + offsets[name, 7]] for name in "abc"], 1)[2] < SEPARATING_STANDARD_ERRORS
+    log = []
+    trained, chosen = distill_finalists(3, distill_at, 7, 3, log.append)
+    assert calls == [("a", 7), ("b", 7), ("c", 7), ("a", 8), ("b", 8)]
+    assert chosen == 1 and [[seed for seed, _ in runs] for runs in trained] == [[7, 8], [7, 8], [7]]
+    assert log == ["the held-out images do not separate finalists 1, 2 (within 2 paired standard errors): "
+                   "distilling them again at seed 8"]
 
 
 def tiny_search(out, faces, *extra):

@@ -264,13 +264,16 @@ def run_pipeline(config: SearchConfig, teacher, data, out: Path, *, train: bool 
 
 def distill_finalists(count: int, distill_at, seed: int, tie_break_seeds: int, log=print) -> tuple[list, int]:
     """Distill each of `count` finalists at `seed` (`distill_at(i, seed)` -> DistillResult), then, while the held-out
-    images leave some within SEPARATING_STANDARD_ERRORS of the chosen one, distill those again at the next seed, up
-    to `tie_break_seeds` more. Returns (per finalist its students as (seed, DistillResult), the chosen index)."""
+    images leave some `contenders` within SEPARATING_STANDARD_ERRORS of the chosen one, distill those again at the
+    next seed, up to `tie_break_seeds` more. Returns (per finalist its students as (seed, DistillResult), the chosen
+    index)."""
     trained = [[(seed, distill_at(i, seed))] for i in range(count)]
     chosen = choose_by_seeds(trained)
     for extra in range(1, tie_break_seeds + 1):
         margins = cosine_margins(seed_cosines(trained), chosen)
-        tied = [i for i, margin in enumerate(margins) if margin < SEPARATING_STANDARD_ERRORS]
+        # Only contenders: one left behind at an earlier seed is out, though on that seed alone it may come within
+        # reach of a chosen one that has since changed.
+        tied = [i for i in contenders(trained) if margins[i] < SEPARATING_STANDARD_ERRORS]
         if len(tied) < 2:
             break
         log(f"the held-out images do not separate finalists {', '.join(str(i + 1) for i in tied)} (within "
@@ -289,12 +292,17 @@ def choose_finalist(agreements: list[float]) -> int:
                default=0)
 
 
-def choose_by_seeds(trained: list[list[tuple]]) -> int:
-    """`choose_finalist` among the finalists distilled at the most seeds (those the last tie-break retrained), by
-    their held-out agreement averaged over the seeds."""
+def contenders(trained: list[list[tuple]]) -> list[int]:
+    """The finalists still in contention: those distilled at the most seeds (the last tie-break retrained them)."""
     most = max(len(runs) for runs in trained)
-    return choose_finalist([float(np.mean([result.teacher_agreement for _, result in runs])) if len(runs) == most
-                            else math.nan for runs in trained])
+    return [i for i, runs in enumerate(trained) if len(runs) == most]
+
+
+def choose_by_seeds(trained: list[list[tuple]]) -> int:
+    """`choose_finalist` among the `contenders`, by their held-out agreement averaged over the seeds."""
+    kept = contenders(trained)
+    return choose_finalist([float(np.mean([result.teacher_agreement for _, result in runs])) if i in kept
+                            else math.nan for i, runs in enumerate(trained)])
 
 
 def seed_cosines(trained: list[list[tuple]]) -> list[list[np.ndarray]]:

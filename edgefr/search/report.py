@@ -107,10 +107,11 @@ def finalists_line(finalists: list[dict]) -> str:
 
 def undecided_line(finalists: list[dict]) -> str:
     """A printed warning naming the finalists the held-out images still do not tell apart from the chosen one (fewer
-    than SEPARATING_STANDARD_ERRORS behind it), or "" when there are none."""
+    than SEPARATING_STANDARD_ERRORS behind it), or "" when there are none. One distilled at fewer seeds than the
+    chosen one was left behind by a tie-break and is not named: more seeds would not distill it again."""
     (chosen,) = [f for f in finalists if f["chosen"]]
-    close = [f for f in finalists
-             if not f["chosen"] and f["standard_errors_behind_chosen"] < SEPARATING_STANDARD_ERRORS]
+    close = [f for f in finalists if not f["chosen"] and len(f["seeds"]) == len(chosen["seeds"])
+             and f["standard_errors_behind_chosen"] < SEPARATING_STANDARD_ERRORS]
     if not close:
         return ""
     names = ", ".join(f"{f['name']} ({f['standard_errors_behind_chosen']:.1f})" for f in close)
