@@ -148,7 +148,10 @@ def write_training_folder(folder: Path, plan: list[dict], epochs: int, teacher: 
              "# Usage: [JOBS=N] train.sh DATA STUDENTS [edgefr distill options, e.g. --workers 4]",
              "# Run from an edgefr checkout (or with edgefr installed); N students train at once (default 1).",
              "set -uo pipefail", 'here="$(cd "$(dirname "$0")" && pwd)"', 'data="$1" students="$2"; shift 2',
-             'mkdir -p "$students"', "names=()"]
+             'mkdir -p "$students"', "names=()", 'jobs="${JOBS:-1}"',
+             "# The N students training at once share the cores (each with all of them would oversubscribe",
+             "# the machine): each gets nproc / N threads, unless OMP_NUM_THREADS is set.",
+             'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / jobs > 1 ? $(nproc) / jobs : 1 ))}"']
     for entry in plan:
         for label, student in entry["students"].items():
             name = f"{run_name(entry['device'], entry['budget_ms'])}__{label}"
@@ -157,7 +160,7 @@ def write_training_folder(folder: Path, plan: list[dict], epochs: int, teacher: 
                       (f'python3 -m edgefr distill --arch "$here/archs/{name}.json" --teacher {teacher} {recipe} '
                        f'--epochs {epochs} --data "$data" --out "$students/{name}" "$@" '
                        f'> "$students/{name}.log" 2>&1 &'),
-                      'while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done']
+                      'while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done']
     lines += ["wait", 'missing=0; for name in "${names[@]}"; do',
               '  [ -f "$students/$name/best.pt" ] || { echo "$name failed: see $students/$name.log"; missing=1; }',
               "done", "exit $missing"]

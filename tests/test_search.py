@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -374,6 +375,47 @@ def test_benchmark_searched_row_takes_each_seeds_finalist_closest_to_the_teacher
                                "+0.00 +- 2.83 (1/2) |"]
     assert "2 ms: searched = per training seed, the finalist whose held-out embeddings agree best with the " \
            "teacher's: finalist-2, finalist-1" in format_table([searched, *finalists, baseline], "title")
+
+
+def test_benchmark_train_script_shares_the_cores_and_names_the_students_that_failed(tmp_path, monkeypatch):
+    """train.sh, run as written, against a stand-in `python3` that records each distill command line and the
+    threads it was given, and leaves no best.pt for the student labelled `broken`."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from search_vs_baselines import write_training_folder
+
+    from edgefr.space import scaled_mobilefacenet
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(
+        '#!/usr/bin/env bash\n'
+        'out=""; for ((i = 1; i <= $#; i++)); do [ "${!i}" = --out ] && { j=$((i + 1)); out="${!j}"; }; done\n'
+        'echo "$OMP_NUM_THREADS $*"\n'
+        'case "$out" in *broken) exit 1;; esac; mkdir -p "$out"; touch "$out/best.pt"\n')
+    (bin_dir / "python3").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    arch = scaled_mobilefacenet(0.5, 0.5, "relu").to_dict()
+    plan = [{"device": "host-ort", "budget_ms": 2.0,
+             "students": {"searched": {"arch": arch}, "broken": {"arch": arch}}}]
+    script = write_training_folder(tmp_path / "train", plan, 20, "sface")
+    students = tmp_path / "students"
+    run = subprocess.run([str(script), "FACES", str(students), "--seed", "1"], capture_output=True, text=True,
+                         env={**os.environ, "JOBS": "2"})
+    assert run.returncode == 1
+    assert run.stdout == f"host-ort-2ms__broken failed: see {students}/host-ort-2ms__broken.log\n"
+    assert (students / "host-ort-2ms__searched" / "best.pt").is_file()
+    threads, command = (students / "host-ort-2ms__searched.log").read_text().split(" ", 1)
+    assert int(threads) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert command.split() == ["-m", "edgefr", "distill", "--arch",
+                               f"{tmp_path}/train/archs/host-ort-2ms__searched.json", "--teacher", "sface",
+                               "--kd", "mimic", "--margin-weight", "0.0", "--optimizer", "adamw", "--lr", "0.01",
+                               "--epochs", "20", "--data", "FACES", "--out", f"{students}/host-ort-2ms__searched",
+                               "--seed", "1"]
+    # A thread count the user set is kept.
+    run = subprocess.run([str(script), "FACES", str(students)], capture_output=True, text=True,
+                         env={**os.environ, "JOBS": "2", "OMP_NUM_THREADS": "3"})
+    assert (students / "host-ort-2ms__searched.log").read_text().startswith("3 -m edgefr distill")
 
 
 def test_finalists_trail_the_chosen_one_by_paired_standard_errors_and_close_ones_are_named():
