@@ -59,8 +59,6 @@ def distilled_student(tmp_path_factory):
     """A small student distilled for 3 epochs from SFace on ~2000 CelebA faces (96 identities) with the short-run
     recipe, once per session, with its own teacher-embedding cache: the trained model the int8 and accuracy tests
     need (tests/test_distill.py asserts that it beats its initialization on LFW)."""
-    import os
-
     import torch
 
     from edgefr.distill import SHORT_RUN_RECIPE, distill
@@ -69,18 +67,15 @@ def distilled_student(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("distilled")
     faces = first_identities(root / "faces", 96)  # skips when CelebA is absent
-    previous, threads = os.environ.get("EDGEFR_CACHE"), torch.get_num_threads()
-    os.environ["EDGEFR_CACHE"] = str(root / "cache")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic (and result) whichever test asks first
     try:
-        return distill(DISTILLED_ARCH, "sface", faces, epochs=3, out=root / "run", progress=False,
-                       **SHORT_RUN_RECIPE)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("EDGEFR_CACHE", str(root / "cache"))
+            return distill(DISTILLED_ARCH, "sface", faces, epochs=3, out=root / "run", progress=False,
+                           **SHORT_RUN_RECIPE)
     finally:
         torch.set_num_threads(threads)
-        if previous is None:
-            del os.environ["EDGEFR_CACHE"]
-        else:
-            os.environ["EDGEFR_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

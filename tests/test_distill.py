@@ -42,13 +42,9 @@ def one_thread():
 def cache(tmp_path_factory):
     """Teacher embeddings cached per test module, away from the user's cache."""
     folder = tmp_path_factory.mktemp("cache")
-    previous = os.environ.get("EDGEFR_CACHE")
-    os.environ["EDGEFR_CACHE"] = str(folder)
-    yield folder
-    if previous is None:
-        del os.environ["EDGEFR_CACHE"]
-    else:
-        os.environ["EDGEFR_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as env:  # module-scoped: the function-scoped monkeypatch cannot serve
+        env.setenv("EDGEFR_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module")
