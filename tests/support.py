@@ -13,6 +13,13 @@ from edgefr.paths import shared_dir
 CELEBA = shared_dir() / "faces" / "celeba"
 
 
+def write_script(path: Path, text: str) -> Path:
+    """An executable script at `path`: a stand-in for a program the code under test runs."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
 def run_edgefr(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real `edgefr` entry point in a subprocess, as a user would; text output, no exception on failure."""
     return subprocess.run([sys.executable, "-m", "edgefr.cli", *args], capture_output=True, text=True, env=env,

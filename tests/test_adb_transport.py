@@ -18,6 +18,7 @@ from edgefr.devices.adb import AdbTransport, benchmark_command, parse_benchmark_
 from edgefr.devices.spec import load_device_file
 from edgefr.errors import EdgefrError
 from edgefr.paths import devices_dir
+from tests.support import write_script
 
 FIXTURE = Path(__file__).parent / "data" / "benchmark_model_output.txt"
 SERIAL = "R58M123ABC"
@@ -52,12 +53,6 @@ cat {fixture}
 
 def android_device():
     return replace(load_device_file(devices_dir() / "android-tflite-int8.toml"), serial=SERIAL)
-
-
-def write_script(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture

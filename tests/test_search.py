@@ -33,7 +33,14 @@ from edgefr.search.pipeline import (
 from edgefr.search.report import undecided_line
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, load_arch_file, load_student, resolve_arch
-from tests.support import CELEBA, assert_one_line_error, first_identities, run_edgefr, table_at_speed
+from tests.support import (
+    CELEBA,
+    assert_one_line_error,
+    first_identities,
+    run_edgefr,
+    table_at_speed,
+    write_script,
+)
 
 
 @pytest.fixture(scope="module")
@@ -387,12 +394,11 @@ def test_benchmark_train_script_shares_the_cores_and_names_the_students_that_fai
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python3").write_text(
-        '#!/usr/bin/env bash\n'
-        'out=""; for ((i = 1; i <= $#; i++)); do [ "${!i}" = --out ] && { j=$((i + 1)); out="${!j}"; }; done\n'
-        'echo "$OMP_NUM_THREADS $*"\n'
-        'case "$out" in *broken) exit 1;; esac; mkdir -p "$out"; touch "$out/best.pt"\n')
-    (bin_dir / "python3").chmod(0o755)
+    write_script(bin_dir / "python3",
+                 '#!/usr/bin/env bash\n'
+                 'out=""; for ((i = 1; i <= $#; i++)); do [ "${!i}" = --out ] && { j=$((i + 1)); out="${!j}"; }; done\n'
+                 'echo "$OMP_NUM_THREADS $*"\n'
+                 'case "$out" in *broken) exit 1;; esac; mkdir -p "$out"; touch "$out/best.pt"\n')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     arch = scaled_mobilefacenet(0.5, 0.5, "relu").to_dict()
@@ -413,8 +419,8 @@ def test_benchmark_train_script_shares_the_cores_and_names_the_students_that_fai
                                "--epochs", "20", "--data", "FACES", "--out", f"{students}/host-ort-2ms__searched",
                                "--seed", "1"]
     # A thread count the user set is kept.
-    run = subprocess.run([str(script), "FACES", str(students)], capture_output=True, text=True,
-                         env={**os.environ, "JOBS": "2", "OMP_NUM_THREADS": "3"})
+    subprocess.run([str(script), "FACES", str(students)], capture_output=True,
+                   env={**os.environ, "JOBS": "2", "OMP_NUM_THREADS": "3"})
     assert (students / "host-ort-2ms__searched.log").read_text().startswith("3 -m edgefr distill")
 
 
