@@ -146,9 +146,6 @@ class ModelFileCache:
     def block(self, spec: BlockSpec) -> Path:
         return self.convert("block", spec)
 
-    def context(self, res: int, channels: int) -> Path:
-        return self.convert("context", res, channels)
-
     def network(self, arch: Arch) -> Path:
         return self.convert("network", arch)
 

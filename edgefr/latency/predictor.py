@@ -116,7 +116,6 @@ class ExpectedLatency(torch.nn.Module):
         first = space.stages[0]
         self.register_buffer("stem", table((len(first.widths), len(space.stem_acts)),
                                            lambda w, a: space.stem_spec(first.widths[w], space.stem_acts[a])))
-        self.first_tables, self.rest_tables = [], []
         for s, stage in enumerate(space.stages):
             n_in, n_out, n_cand = len(space.stage_input_widths(s)), len(stage.widths), len(stage.candidates)
             if s == 0:  # stage 0 keeps the stem's width: its first layer is a regular (diagonal) layer
