@@ -33,6 +33,7 @@ from edgefr.search.pipeline import (
 from edgefr.search.report import undecided_line
 from edgefr.search.supernet import SuperNet
 from edgefr.space import MFN_SPACE, load_arch_file, load_student, resolve_arch
+from conftest import needs_celeba
 from tests.support import (
     CELEBA,
     assert_one_line_error,
@@ -236,6 +237,7 @@ def test_several_devices_need_one_binding_budget_and_none_below_its_range(ort):
         check_reachable(MFN_SPACE, [on_ort(5.0), on_int8(int8_range[0] / 3)], 128, 512)
 
 
+@needs_celeba  # the command resolves its default data (../shared/faces/celeba) before the budget
 def test_cli_unreachable_budget_is_a_one_line_error_with_the_range(tmp_path, host_tables_here):
     result = run_edgefr("search", "--latency-ms", "0.01", "--no-train", "--out", str(tmp_path / "run"))
     assert_one_line_error(result, "--latency-ms 0.01 is not reachable on host-ort", "ms there (predicted)")
@@ -268,6 +270,7 @@ def run_search_vs_baselines(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, cwd=Path(__file__).parent.parent)
 
 
+@needs_celeba  # the command resolves its default data (../shared/faces/celeba) before the budget
 def test_benchmark_out_of_range_budget_is_a_one_line_error(tmp_path, host_tables_here):
     """The benchmarks report expected failures like `edgefr` does: a budget twice what the restricted sub-space's
     largest network takes (7 ms on the machine the shipped tables were measured on) is out of its reach."""
@@ -279,6 +282,7 @@ def test_benchmark_out_of_range_budget_is_a_one_line_error(tmp_path, host_tables
     assert_one_line_error(result, f"--latency-ms {budget_ms} is not reachable on host-ort", "ms there (predicted)")
 
 
+@needs_celeba  # the command resolves its default data (../shared/faces/celeba) before the budget
 def test_benchmark_does_not_reuse_a_plan_searched_with_other_options(tmp_path):
     """A run folder holding a plan of a whole-space search (its report's config, written before the layer
     choices existed) is not reused by a rerun with --activations relu."""
