@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from edgefr.paths import shared_dir
+from tests.support import CELEBA
 
 SHARED = shared_dir()
 LFW = SHARED / "faces" / "lfw"
-CELEBA = SHARED / "faces" / "celeba"
 
 needs_lfw = pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason="../shared/faces/lfw is absent")
 needs_celeba = pytest.mark.skipif(not CELEBA.is_dir(), reason="../shared/faces/celeba is absent")
