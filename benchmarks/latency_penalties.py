@@ -11,7 +11,8 @@ options). Prints, per run, what the search alone reached and what the fit then h
 - the most probable architecture's calibrated prediction / budget (the search's own answer, before the fit);
 - how many decisions (a width, a depth step, a layer's block, an activation) the fitted result differs from it in:
   the fit moves along the learned distributions, so every decision it changes overrides what the search learned;
-- measurement rounds, and the measured latency / budget of the result ([0.90, 1.00] is the window).
+- measurement rounds (those that fit new candidates), and the measured latency / budget of the result ([0.90,
+  1.00] is the window).
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def row(penalty: str, device_name: str, budget: float, summary: dict) -> dict:
             "expected_end": late[-1], "expected_late_range": [min(late), max(late)],
             "most_probable_predicted": predictor.predict(arch_from_dict(most_probable)).total_ms / budget,
             "decisions_fitted": decisions_apart(most_probable, summary["arch"]),
-            "rounds": len(summary["measurement_rounds"]), "measured": result["measured_over_budget"],
+            # Rounds that fitted new candidates; a confirming call only measures again.
+            "rounds": sum(not r.get("confirming") for r in summary["measurement_rounds"]),
+            "measured": result["measured_over_budget"],
             "within_window": result["within_window"], "search_minutes": summary["search_minutes"]}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,12 +19,17 @@ from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
 from edgefr.space import arch_from_dict, count_flops, count_params, create_model, load_arch_file
 
-MEASURE_ROUNDS = 6
+MEASURE_ROUNDS = 6  # rounds that fit new candidates; a confirming round (below) does not count
 # Each round fits one candidate per aim (corrected prediction / budget, +- AIM_HALF_WIDTH) and measures them together.
 CANDIDATE_AIMS = (0.92, 0.95, 0.98)
 AIM_HALF_WIDTH = 0.015
 WINDOW_CENTRE = sum(WINDOW) / 2
 EDGE_MARGIN = 0.02
+# A shared host has slow spells: every model of one agent call measured 10-28% slow, lasting seconds to ~20 s
+# (README, *Meeting the budget, measured*). A candidate's value is its minimum over the calls that measured it (the
+# rule the agent applies over trials: interference only adds time), and a result inside the window is measured in
+# a second call at least CONFIRM_AFTER_S after its first.
+CONFIRM_AFTER_S = 10.0
 # Starts sampled per finalist wanted: a sampled start whose fit misses the window, or repeats an earlier finalist,
 # is dropped.
 SAMPLES_PER_FINALIST = 4
@@ -56,29 +62,56 @@ class _Candidate:
     log_prob: float
     budgets: dict[str, float]
     predicted_ms: dict[str, float]
-    measured_ms: dict[str, float] = field(default_factory=dict)
+    calls: list[dict[str, float]] = field(default_factory=list)  # per agent call that measured it: device -> ms
+    last_call_at: float = 0.0  # time.monotonic() when that call ended
+
+    @property
+    def measured_ms(self) -> dict[str, float]:
+        return {d: min(call[d] for call in self.calls) for d in self.budgets}
 
     @property
     def ratio(self) -> float:  # the binding device's measured latency / budget
         return max(self.measured_ms[d] / budget for d, budget in self.budgets.items())
 
+    @property
+    def inside(self) -> bool:
+        return WINDOW[0] <= self.ratio <= WINDOW[1]
+
     def record(self) -> dict:
+        """This candidate as its latest call measured it; `again`: measured in an earlier call too."""
+        call = self.calls[-1]
         return {"moves": self.moves, "log_prob": self.log_prob, "predicted_ms": self.predicted_ms,
-                "measured_ms": self.measured_ms, "measured_over_budget": self.ratio}
+                "measured_ms": dict(call), "measured_over_budget": max(call[d] / b for d, b in self.budgets.items()),
+                "again": len(self.calls) > 1}
+
+
+def _measure_together(candidates: list[_Candidate], budgets, devices, label: str) -> None:
+    """One agent call per device for all `candidates`; appends each one's times to its `calls`."""
+    times = {b.device: measure_networks(devices[b.device], {f"candidate-{i}": c.arch for i, c in enumerate(candidates)},
+                                        label) for b in budgets}
+    ended = time.monotonic()
+    for i, c in enumerate(candidates):
+        c.calls.append({device: ms[f"candidate-{i}"] for device, ms in times.items()})
+        c.last_call_at = ended
 
 
 def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=None) -> Measured:
     """Fit the most probable architecture (or `start`) to the budget, measure, and refit until a measurement lands
-    in the window.
+    in the window and a second call confirms it.
 
     Whole-net prediction errors differ between architectures (by up to ~20% at small budgets on ORT: layout
     reorders and fusion at stage boundaries), and not monotonically, so a single candidate per round can oscillate
     around a 10%-wide window. Each round therefore fits a few candidates aimed across the window, starting from the
     best measured architecture so far and corrected by its own measured/predicted ratio (a correction is only valid
     near the architecture it was measured on), and measures them together in one agent call; the first round starts
-    from `start`, corrected by the machine state (`states`, else read now by `machine_states`). The result is the
-    most probable measured candidate inside the window (away from its edges if one is); failing that, the one
-    closest to the budget from below."""
+    from `start`, corrected by the machine state (`states`, else read now by `machine_states`).
+
+    Every call also measures again the earlier candidates at or above the window's lower edge (a value is the
+    minimum over calls, so only those can still move into the window), and a round that leaves a candidate inside
+    the window measured only once is followed by a confirming call (no new fits) at least CONFIRM_AFTER_S after it:
+    a slow spell of the host covers one call, rarely two spaced apart. The result is the most probable candidate
+    inside the window (measured twice, away from its edges, where such exist); failing that, the one closest to the
+    budget from below."""
     space = supernet.space
     alpha = {k: v.detach().clone() for k, v in supernet.alpha.items()}
     log_prob = supernet.frozen_log_prob()
@@ -91,30 +124,37 @@ def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=No
     rounds, used_bases = [], set()
     base = start or supernet.derive("searched")
     corrections = dict(states or machine_states(budgets, devices, log))
-    for round_index in range(MEASURE_ROUNDS):
+    fit_rounds = 0
+    while True:
+        unconfirmed = [c for c in measured.values() if c.inside and len(c.calls) == 1]
         proposals: dict[str, _Candidate] = {}
-        for aim in CANDIDATE_AIMS:
-            arch, moves = fit_to_budget(space, base, budgets, log_prob, preferred, corrections,
-                                        band=(aim - AIM_HALF_WIDTH, aim + AIM_HALF_WIDTH))
-            key = arch.to_json()
-            if key not in measured and key not in proposals:
-                proposals[key] = _Candidate(arch, moves, float(log_prob(arch)), budget_ms,
-                                            {b.device: b.predict(arch) for b in budgets})
-        if proposals:
-            ids = {f"candidate-{i}": key for i, key in enumerate(proposals)}
-            for b in budgets:
-                times = measure_networks(devices[b.device], {i: proposals[key].arch for i, key in ids.items()},
-                                         f"measure round {round_index + 1}")
-                for i, key in ids.items():
-                    proposals[key].measured_ms[b.device] = times[i]
+        if not unconfirmed:
+            if fit_rounds == MEASURE_ROUNDS:
+                break
+            fit_rounds += 1
+            for aim in CANDIDATE_AIMS:
+                arch, moves = fit_to_budget(space, base, budgets, log_prob, preferred, corrections,
+                                            band=(aim - AIM_HALF_WIDTH, aim + AIM_HALF_WIDTH))
+                key = arch.to_json()
+                if key not in measured and key not in proposals:
+                    proposals[key] = _Candidate(arch, moves, float(log_prob(arch)), budget_ms,
+                                                {b.device: b.predict(arch) for b in budgets})
+        else:
+            time.sleep(max(0.0, CONFIRM_AFTER_S - (time.monotonic() - max(c.last_call_at for c in unconfirmed))))
+        again = [c for c in measured.values() if c.ratio >= WINDOW[0]]
+        if proposals or again:
+            _measure_together([*proposals.values(), *again], budgets, devices, f"measure round {len(rounds) + 1}")
             measured.update(proposals)
-            rounds.append({"round": round_index + 1, "corrections": dict(corrections),
-                           "candidates": [c.record() for c in proposals.values()]})
-            log(f"round {round_index + 1}: " + "; ".join(", ".join(
-                f"{d} predicted {c.predicted_ms[d]:.2f} ms measured {c.measured_ms[d]:.2f} ms" for d in budget_ms)
-                + f" ({c.ratio:.2f} x budget)" for c in proposals.values()))
-        if any(WINDOW[0] <= c.ratio <= WINDOW[1] for c in measured.values()):
+            rounds.append({"round": len(rounds) + 1, "confirming": bool(unconfirmed), "corrections": dict(corrections),
+                           "candidates": [c.record() for c in [*proposals.values(), *again]]})
+            log(f"round {len(rounds)}{' (confirming)' if unconfirmed else ''}: " + "; ".join(", ".join(
+                f"{d} predicted {c.predicted_ms[d]:.2f} ms measured {c.calls[-1][d]:.2f} ms" for d in budget_ms)
+                + f" ({c.ratio:.2f} x budget{', again' if len(c.calls) > 1 else ''})"
+                for c in [*proposals.values(), *again]))
+        if any(c.inside and len(c.calls) > 1 for c in measured.values()):
             break
+        if any(c.inside for c in measured.values()):
+            continue  # confirm it before fitting anew
         unused = [key for key in measured if key not in used_bases]
         if not unused:
             break
@@ -122,8 +162,9 @@ def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=No
         used_bases.add(base_key)
         base = measured[base_key].arch
         corrections = {d: measured[base_key].measured_ms[d] / measured[base_key].predicted_ms[d] for d in budget_ms}
-    inside = [c for c in measured.values() if WINDOW[0] <= c.ratio <= WINDOW[1]]
-    # Passes of one net agree within the protocol's 3%: a candidate 2% inside the edges stays inside when re-measured.
+    inside = [c for c in measured.values() if c.inside]
+    inside = [c for c in inside if len(c.calls) > 1] or inside
+    # A value can still drop with more calls: a candidate 2% inside the lower edge stays inside when re-measured.
     inside = [c for c in inside if WINDOW[0] + EDGE_MARGIN <= c.ratio <= WINDOW[1] - EDGE_MARGIN] or inside
     below = [c for c in measured.values() if c.ratio < WINDOW[0]]
     best = (max(inside, key=lambda c: c.log_prob) if inside else max(below, key=lambda c: c.ratio) if below

@@ -50,9 +50,14 @@ def _markdown(summary: dict) -> str:
               "|---|---|---|---|---|"]
     for r in summary["measurement_rounds"]:
         for c in r["candidates"]:
-            lines.append(f"| {r['round']} | {len(c['moves'])} | {_per_device(c['predicted_ms'])} | "
+            # "again": a candidate of an earlier round measured in this round's call too (runs fitted before
+            # that rule lack the key).
+            again = " (again)" if c.get("again") else ""
+            lines.append(f"| {r['round']}{again} | {len(c['moves'])} | {_per_device(c['predicted_ms'])} | "
                          f"{_per_device(c['measured_ms'])} | {c['measured_over_budget']:.3f} |")
-    lines += ["", "![trajectories](report.png)", ""]
+    lines += ["", "Each row is one measurement call; (again) marks a candidate measured in an earlier round too. A "
+              "candidate's value is its minimum over its calls (a slow spell of a shared host slows one call).",
+              "", "![trajectories](report.png)", ""]
     return "\n".join(lines)
 
 
