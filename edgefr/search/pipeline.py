@@ -149,7 +149,8 @@ def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=No
                            "candidates": [c.record() for c in [*proposals.values(), *again]]})
             log(f"round {len(rounds)}{' (confirming)' if unconfirmed else ''}: " + "; ".join(", ".join(
                 f"{d} predicted {c.predicted_ms[d]:.2f} ms measured {c.calls[-1][d]:.2f} ms" for d in budget_ms)
-                + f" ({c.ratio:.2f} x budget{', again' if len(c.calls) > 1 else ''})"
+                + (f" ({c.ratio:.2f} x budget)" if len(c.calls) == 1 else
+                   f" (again: {c.ratio:.2f} x budget, its minimum over {len(c.calls)} calls)")
                 for c in [*proposals.values(), *again]))
         if any(c.inside and len(c.calls) > 1 for c in measured.values()):
             break
