@@ -234,6 +234,24 @@ def test_tolerance_checks_and_their_failure_message():
     assert Check("latency_error_pct", None, 15, "max").passed is None  # no prediction: reported, not checked
 
 
+def test_a_latency_over_its_tolerance_is_measured_again_later_and_the_faster_call_counts(monkeypatch):
+    # A slow spell of a shared host slows every net of one call by 10-28% (README, *Meeting the budget,
+    # measured*): a first call over the tolerance is measured again CONFIRM_AFTER_S later; one under the
+    # prediction is not (a spell only adds time), nor one within the tolerance.
+    from edgefr.export import checks
+
+    tolerances = Tolerances(max_latency_error_pct=15)
+    for first, expected_calls in ((1.3, [1.3, 1.02]), (1.1, [1.1]), (0.7, [0.7])):
+        times, sleeps = iter([first, 1.02]), []
+        monkeypatch.setattr(checks, "measured_latency", lambda device, path, label: next(times))
+        monkeypatch.setattr(checks.time, "sleep", sleeps.append)
+        calls = checks.latency_calls("device", Path("net.tflite"), "net", 1.0, tolerances.max_latency_error_pct)
+        assert calls == expected_calls
+        assert sleeps == ([checks.CONFIRM_AFTER_S] if len(calls) == 2 else [])
+        check = checks.latency_check(min(calls), 1.0, "table", tolerances)
+        assert check.passed is (first != 0.7), (first, check)
+
+
 def test_shipped_recipes_cover_every_quantization():
     for fmt, quantizations in QUANTIZATIONS.items():
         for quantize in quantizations:

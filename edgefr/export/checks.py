@@ -3,6 +3,7 @@ LFW verification drop, and measured latency against the device's latency-table p
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 from edgefr.data.pairs import PairSet
 from edgefr.errors import EdgefrError
 from edgefr.export.recipes import Tolerances
+from edgefr.latency.profile import CONFIRM_AFTER_S
 from edgefr.teachers.base import l2_normalize
 from edgefr.verify import VerificationResult, paired_accuracy_drop
 
@@ -89,6 +91,17 @@ def measured_latency(device, path: Path, label: str) -> float:
     from edgefr.devices.transports import open_transport
 
     return float(open_transport(device).measure({label: path})["results"][label]["ms"])
+
+
+def latency_calls(device, path: Path, label: str, predicted_ms: float | None, max_error_pct: float) -> list[float]:
+    """The artifact's times on `device`, one per measurement call: a second call CONFIRM_AFTER_S after the first
+    where the first lies more than the tolerance above the prediction (a slow spell of a shared host slows a whole
+    call); the check takes their minimum."""
+    calls = [measured_latency(device, path, label)]
+    if predicted_ms is not None and 100 * (calls[0] - predicted_ms) / calls[0] > max_error_pct:
+        time.sleep(CONFIRM_AFTER_S)
+        calls.append(measured_latency(device, path, label))
+    return calls
 
 
 def latency_check(measured_ms: float, predicted_ms: float | None, note: str, tolerances: Tolerances) -> Check:

@@ -14,7 +14,7 @@ import torch
 
 from edgefr.errors import EdgefrError
 from edgefr.latency import LatencyPredictor, load_device_table
-from edgefr.latency.profile import measure_networks, speed_against_table
+from edgefr.latency.profile import CONFIRM_AFTER_S, measure_networks, speed_against_table
 from edgefr.search.budget import WINDOW, fit_to_budget
 from edgefr.search.engine import SearchConfig, run_search
 from edgefr.space import arch_from_dict, count_flops, count_params, create_model, load_arch_file
@@ -25,11 +25,6 @@ CANDIDATE_AIMS = (0.92, 0.95, 0.98)
 AIM_HALF_WIDTH = 0.015
 WINDOW_CENTRE = sum(WINDOW) / 2
 EDGE_MARGIN = 0.02
-# A shared host has slow spells: every model of one agent call measured 10-28% slow, lasting seconds to ~20 s
-# (README, *Meeting the budget, measured*). A candidate's value is its minimum over the calls that measured it (the
-# rule the agent applies over trials: interference only adds time), and a result inside the window is measured in
-# a second call at least CONFIRM_AFTER_S after its first.
-CONFIRM_AFTER_S = 10.0
 # Starts sampled per finalist wanted: a sampled start whose fit misses the window, or repeats an earlier finalist,
 # is dropped.
 SAMPLES_PER_FINALIST = 4
