@@ -198,7 +198,7 @@ def _export_one(model, arch, target: ExportTarget, options: ExportOptions, refer
     if device is not None:
         log(f"{target.label}: measuring on {device.name} ...")
         predicted, note = predicted_latency(device, arch, target.profiled_dtype)
-        calls = latency_calls(device, path, target.label, predicted, tolerances.max_latency_error_pct)
+        calls = latency_calls(device, path, target.label, predicted, tolerances)
         measured = min(calls)
         entry["latency"] = {"measured_ms": measured, "calls_ms": calls, "predicted_ms": predicted, "note": note}
         checks.append(latency_check(measured, predicted, note, tolerances))

@@ -58,7 +58,6 @@ class _Candidate:
     budgets: dict[str, float]
     predicted_ms: dict[str, float]
     calls: list[dict[str, float]] = field(default_factory=list)  # per agent call that measured it: device -> ms
-    last_call_at: float = 0.0  # time.monotonic() when that call ended
 
     @property
     def measured_ms(self) -> dict[str, float]:
@@ -84,10 +83,8 @@ def _measure_together(candidates: list[_Candidate], budgets, devices, label: str
     """One agent call per device for all `candidates`; appends each one's times to its `calls`."""
     times = {b.device: measure_networks(devices[b.device], {f"candidate-{i}": c.arch for i, c in enumerate(candidates)},
                                         label) for b in budgets}
-    ended = time.monotonic()
     for i, c in enumerate(candidates):
         c.calls.append({device: ms[f"candidate-{i}"] for device, ms in times.items()})
-        c.last_call_at = ended
 
 
 def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=None) -> Measured:
@@ -104,7 +101,7 @@ def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=No
     Every call also measures again the earlier candidates at or above the window's lower edge (a value is the
     minimum over calls, so only those can still move into the window), and a round that leaves a candidate inside
     the window measured only once is followed by a confirming call (no new fits) at least CONFIRM_AFTER_S after it:
-    a slow spell of the host covers one call, rarely two spaced apart. The result is the most probable candidate
+    a slow spell of the host mostly covers one call or a few seconds of them. The result is the most probable candidate
     inside the window (measured twice, away from its edges, where such exist); failing that, the one closest to the
     budget from below."""
     space = supernet.space
@@ -119,7 +116,7 @@ def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=No
     rounds, used_bases = [], set()
     base = start or supernet.derive("searched")
     corrections = dict(states or machine_states(budgets, devices, log))
-    fit_rounds = 0
+    fit_rounds, last_call_ended = 0, 0.0
     while True:
         unconfirmed = [c for c in measured.values() if c.inside and len(c.calls) == 1]
         proposals: dict[str, _Candidate] = {}
@@ -134,11 +131,12 @@ def fit_and_measure(supernet, budgets, devices, log=print, start=None, states=No
                 if key not in measured and key not in proposals:
                     proposals[key] = _Candidate(arch, moves, float(log_prob(arch)), budget_ms,
                                                 {b.device: b.predict(arch) for b in budgets})
-        else:
-            time.sleep(max(0.0, CONFIRM_AFTER_S - (time.monotonic() - max(c.last_call_at for c in unconfirmed))))
+        else:  # they were measured in the last call: a round that leaves one is followed by this one
+            time.sleep(max(0.0, CONFIRM_AFTER_S - (time.monotonic() - last_call_ended)))
         again = [c for c in measured.values() if c.ratio >= WINDOW[0]]
         if proposals or again:
             _measure_together([*proposals.values(), *again], budgets, devices, f"measure round {len(rounds) + 1}")
+            last_call_ended = time.monotonic()
             measured.update(proposals)
             rounds.append({"round": len(rounds) + 1, "confirming": bool(unconfirmed), "corrections": dict(corrections),
                            "candidates": [c.record() for c in [*proposals.values(), *again]]})
