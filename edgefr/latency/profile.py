@@ -59,7 +59,7 @@ def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Ar
     return archs[:count]
 
 
-# A shared host has slow spells: every model of one agent call measured 10-28% slow, lasting seconds to ~20 s
+# A shared host has slow spells: the models of one agent call measured 7-29% slow, lasting seconds to ~40 s
 # (README, *Meeting the budget, measured*). Where one call decides something, a second call this long after it
 # confirms it, and the value is the minimum over the calls (the agent's rule over trials: interference only adds
 # time).
