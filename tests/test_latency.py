@@ -82,6 +82,79 @@ def test_profile_resumes_from_its_partial_file(tmp_path):
     assert not (tmp_path / "resume-ort.partial.json").exists()
 
 
+def fake_measurements(monkeypatch, state_of_call):
+    """Replace the agent call of `profile` by a host whose models take fixed times (by id), times the machine
+    state `state_of_call(i)` of its i-th call (0-based); returns the calls' model ids and the sleeps."""
+    from edgefr.latency import profile
+
+    calls, sleeps = [], []
+
+    def base_ms(key):
+        key = key.removeprefix(profile.REFERENCE_PREFIX)
+        return 0.02 if key.startswith("context:") else 0.1 + sum(map(ord, key)) % 97 / 100
+
+    def measure(device, files, seed, label, progress_bar=True):
+        state = state_of_call(len(calls))
+        calls.append(sorted(files))
+        results = {key: {"ms": state * base_ms(key), "passes": [state * base_ms(key)] * 2, "spread": 0.0}
+                   for key in files}
+        return {"results": results, "runtime_version": "onnxruntime fake", "cpu": "fake", "platform": ""}
+
+    monkeypatch.setattr(profile, "measure_files", measure)
+    monkeypatch.setattr(profile.time, "sleep", sleeps.append)
+    return calls, sleeps, base_ms
+
+
+def test_a_chunk_measured_in_a_slow_spell_is_measured_again_and_keeps_its_faster_time(tmp_path, monkeypatch):
+    # A slow spell of a shared host can cover a whole chunk's call (README, *Devices and measurement*): here the
+    # second of four chunks runs 1.25x slow. Its reference blocks show it; its blocks and context are measured
+    # again after the sweep, CONFIRM_AFTER_S after the last call, and keep the faster time.
+    from edgefr.latency import profile
+
+    calls, sleeps, base_ms = fake_measurements(monkeypatch, lambda i: 1.25 if i == 1 else 1.0)
+    device = resolve_device(str(write_device(tmp_path, "spell-ort", "onnxruntime")))
+    blocks = resolve_arch(SMALL_ARCH).block_specs()[:8]
+    messages = []
+    table = profile_device(device, MFN_SPACE, tmp_path / "spell-ort.json", blocks=blocks, chunk_size=2,
+                           calibration_nets=0, log=messages.append)
+    assert len(calls) == 5 and len(table.calls) == 5
+    slow_call = table.calls[1]["models"]
+    assert table.calls[4]["models"] == slow_call  # the spell's chunk, and only it, measured again
+    assert profile.call_states(table.calls)[1] == pytest.approx(1.25)
+    assert any("measured only in calls where the reference blocks ran over" in m for m in messages)
+    assert any(m.startswith("measured again:") for m in messages)
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= profile.CONFIRM_AFTER_S
+    for spec in blocks:
+        entry = table.entries[spec.key]
+        assert entry["measured_ms"] == pytest.approx(base_ms(spec.key)), spec.key
+        if "context" in entry:
+            assert entry["ms"] == pytest.approx(base_ms(spec.key) - base_ms(entry["context"]))
+    assert all(c["ms"] == pytest.approx(0.02) for c in table.contexts.values())
+    saved = load_table(tmp_path / "spell-ort.json")
+    assert saved.calls == table.calls and len(saved.calls[0]["reference_ms"]) == profile.REFERENCE_BLOCKS
+
+
+def test_a_spell_that_outlasts_the_remeasurements_is_reported_not_hidden(tmp_path, monkeypatch):
+    from edgefr.latency import profile
+
+    calls, sleeps, base_ms = fake_measurements(monkeypatch, lambda i: 1.25 if i == 1 or i >= 4 else 1.0)
+    device = resolve_device(str(write_device(tmp_path, "long-spell-ort", "onnxruntime")))
+    blocks = resolve_arch(SMALL_ARCH).block_specs()[:8]
+    messages = []
+    table = profile_device(device, MFN_SPACE, tmp_path / "long-spell-ort.json", blocks=blocks, chunk_size=2,
+                           calibration_nets=0, log=messages.append)
+    assert len(calls) == 4 + profile.REMEASURE_ROUNDS and len(sleeps) == profile.REMEASURE_ROUNDS
+    slow = [key for key in table.calls[1]["models"] if key in table.entries]
+    assert slow and all(table.entries[k]["measured_ms"] == pytest.approx(1.25 * base_ms(k)) for k in slow)
+    # The spell's calls now make up half of them, so the typical state moved towards them; they still stand out.
+    worst = max(profile.measured_only_in_slow_calls(table).values())
+    assert profile.SLOW_CALL_FACTOR < worst < 1.25
+    assert messages[-1].startswith(f"{len(table.calls[1]['models'])} entries of the long-spell-ort table were "
+                                   f"measured only while this machine ran over {profile.SLOW_CALL_FACTOR}x its typical "
+                                   f"state ({profile.REMEASURE_ROUNDS} tries, up to {worst:.2f}x): they may read high; "
+                                   "`edgefr profile --device long-spell-ort` on a quieter machine measures them again")
+
+
 def test_a_conversion_pool_writes_the_files_a_single_process_writes(tmp_path):
     """Profiles convert on every core: the files must be those of a serial conversion, in the requests' order,
     and a cached file is not converted again."""

@@ -7,12 +7,15 @@
  "entries": {"ir:r28:c64-64:s1:e2:k3:prelu:res": {"ms": 0.41, "measured_ms": 0.47, "context": "context:r28:c64",
                                                  "spread": 0.01, "passes": [...], "block": {...}}},
  "contexts": {"context:r28:c64": {"ms": 0.06, ...}},
+ "calls": [{"ended": "...", "models": ["ir:r28:...", "context:r28:c64", ...], "reference_ms": {"ir:r14:...": 0.21}}],
  "calibration": {"scale": {"relu": 1.02, "prelu": 0.97}, "offset_ms": 0.05, "nets": [...], "fit": {...}}}
 ```
 Entries are per block, not per operator: per-operator sums were measured 33-40% off (fusion, layout reorders, call
 overhead). Each block but the stem is measured behind a cheap context block and the context's own time is
 subtracted (`ms` = `measured_ms` - contexts[context].ms), which removes the model-boundary costs a whole graph
-does not pay per block (see `edgefr.latency.models.context_module`).
+does not pay per block (see `edgefr.latency.models.context_module`). `calls` records the profile's measurement
+calls: which entries each measured, and the times of the same few reference blocks in it, which tell a call made
+in a slow spell of the machine (see `edgefr.latency.profile`). Tables made before it have none.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class LatencyTable:
     calibration: dict | None = None
     contexts: dict[str, dict] = field(default_factory=dict)
     converter: dict = field(default_factory=dict)
+    calls: list[dict] = field(default_factory=list)
     created: str = ""
     path: Path | None = None
 
@@ -58,7 +62,8 @@ class LatencyTable:
     def to_dict(self) -> dict:
         return {"schema": LUT_SCHEMA, "space": self.space, "created": self.created, "device": self.device,
                 "protocol": self.protocol, "converter": self.converter, "calibration": self.calibration,
-                "contexts": dict(sorted(self.contexts.items())), "entries": dict(sorted(self.entries.items()))}
+                "contexts": dict(sorted(self.contexts.items())), "calls": self.calls,
+                "entries": dict(sorted(self.entries.items()))}
 
     def save(self, path: str | Path) -> Path:
         """Atomic write: a crash never leaves a truncated table where a good one was."""
@@ -88,7 +93,7 @@ def load_table(path: str | Path) -> LatencyTable:
                 raise EdgefrError(f"{path}: entry {key} has no positive 'ms' value")
         return LatencyTable(device=dict(data["device"]), space=data["space"], protocol=data.get("protocol", {}),
                             entries=entries, calibration=data.get("calibration"), contexts=data.get("contexts", {}),
-                            converter=data.get("converter", {}),
+                            converter=data.get("converter", {}), calls=list(data.get("calls", [])),
                             created=data.get("created", ""), path=path)
     except (KeyError, AttributeError, TypeError) as exc:
         raise EdgefrError(f"{path}: malformed latency table (missing or wrong field {exc}); "

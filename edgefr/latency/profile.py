@@ -1,8 +1,10 @@
 """`edgefr profile`: measure every block of the search space on a device and write its latency table.
 
 Long on purpose (minutes per device), so it checkpoints: blocks are converted and measured in chunks, and each
-measured chunk is saved to `<table>.partial.json`; a rerun resumes from it. Whole nets measured at the end fit the
-calibration (see `calibration.py`), together with a sample of the table's own blocks measured again ("anchors"):
+measured chunk is saved to `<table>.partial.json`; a rerun resumes from it. Chunks measured in a slow spell of
+the machine (told by reference blocks measured in every chunk) are measured again at the end. Whole nets
+measured last fit the calibration (see `calibration.py`), together with a sample of the table's own blocks
+measured again ("anchors"):
 a shared machine's speed drifts by several percent within minutes (on this host the same 30 nets, measured 3 to
 30 minutes apart, moved by up to 7%), so the calibration nets' times are first brought back to the machine state
 the blocks were measured in. The scales then hold what whole graphs do differently from their blocks, not the
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime
 import random
 import statistics
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -39,6 +42,14 @@ MIN_CALIBRATION_NETS = 4  # three coefficients (two scales, one offset) need mor
 DEFAULT_CALIBRATION_NETS = 40
 ANCHOR_BLOCKS = 24  # table blocks measured again beside the calibration nets, to read the machine's current speed
 ANCHOR_PREFIX = "anchor:"
+# A shared host has slow spells (see CONFIRM_AFTER_S) long enough to cover a whole measurement call of a profile
+# (a chunk of blocks). Every call also measures the same few reference blocks; a call whose references ran over
+# SLOW_CALL_FACTOR x their median time over the calls was made in a spell, and the entries measured only in such
+# calls are measured again after the sweep (each keeps its fastest call), up to REMEASURE_ROUNDS times.
+REFERENCE_BLOCKS = 5
+REFERENCE_PREFIX = "reference:"
+SLOW_CALL_FACTOR = 1.06
+REMEASURE_ROUNDS = 2
 # Whether a table is this machine's. The CPU name is not enough: virtual machines here report "AMD EPYC" for an
 # AVX-512 host and for an AVX2-only one, and on the second the first one's host-ort blocks ran 4.5x their table
 # times (per block 3.1x to 4.8x). A shared machine drifts by well under 10% (README, *Latency prediction accuracy*),
@@ -126,12 +137,11 @@ def _resume_or_new(device: Device, space: SearchSpace, out: Path, partial: Path,
     return _new_table(device, space)
 
 
-def _entry(spec: BlockSpec, measured: dict, contexts: dict[str, dict]) -> dict:
+def _entry(spec: BlockSpec, measured: dict) -> dict:
+    """A block's table entry; `ms` (less its context's time) is set by the caller, which knows the contexts."""
     entry = {**measured, "measured_ms": measured["ms"], "block": spec.as_dict()}
     if spec.kind != "stem":
-        ctx = context_key(spec.res, spec.cin)
-        # A block cheaper than the noise of the difference is kept at 1% of its measurement, never <= 0.
-        entry.update(ms=max(measured["ms"] - contexts[ctx]["ms"], 0.01 * measured["ms"]), context=ctx)
+        entry["context"] = context_key(spec.res, spec.cin)
     return entry
 
 
@@ -187,6 +197,108 @@ def table_of_this_machine(device: Device, paths: list[Path]) -> tuple[Path, dict
     return None
 
 
+def reference_blocks(specs: list[BlockSpec], seed: int) -> list[BlockSpec]:
+    """A seeded sample of the profiled blocks, measured in every measurement call to read that call's state."""
+    by_key = {spec.key: spec for spec in specs}
+    keys = sorted(by_key)
+    random.Random(seed).shuffle(keys)
+    return [by_key[key] for key in keys[:REFERENCE_BLOCKS]]
+
+
+def call_states(calls: list[dict]) -> list[float]:
+    """Per measurement call, how slow the machine ran in it: the median over its reference blocks of their time
+    in it to their median time over the calls (1.0: the profile's typical state). The median, not the fastest
+    call: a spell is an excursion from the state most calls ran in, and one fast call must not make the rest
+    look slow."""
+    times: dict[str, list[float]] = {}
+    for call in calls:
+        for key, ms in call["reference_ms"].items():
+            times.setdefault(key, []).append(ms)
+    typical = {key: statistics.median(values) for key, values in times.items()}
+    return [statistics.median(ms / typical[key] for key, ms in call["reference_ms"].items())
+            if call["reference_ms"] else 1.0 for call in calls]
+
+
+def measured_only_in_slow_calls(table: LatencyTable) -> dict[str, float]:
+    """The table's entries and contexts none of whose measurement calls ran at most SLOW_CALL_FACTOR x the typical
+    state, each with the state of its least slow call."""
+    best: dict[str, float] = {}
+    for call, state in zip(table.calls, call_states(table.calls)):
+        for key in call["models"]:
+            best[key] = min(best.get(key, state), state)
+    return {key: state for key, state in sorted(best.items())
+            if state > SLOW_CALL_FACTOR and (key in table.entries or key in table.contexts)}
+
+
+def _faster(old: dict | None, new: dict, value: str) -> dict:
+    return old if old is not None and old[value] <= new[value] else new
+
+
+def _measure_call(device: Device, table: LatencyTable, cache: ModelFileCache, pool: ConversionPool,
+                  specs: list[BlockSpec], contexts: dict[str, tuple[int, int]], references: list[BlockSpec],
+                  seed: int, label: str, status=lambda text: None) -> None:
+    """Measure blocks `specs` and contexts (key -> (res, channels)) in one agent call beside the reference blocks;
+    every entry and context keeps the faster of this and its earlier measurements; the call is recorded."""
+    requests = {spec.key: ("block", spec) for spec in specs}
+    requests.update({key: ("context", res, channels) for key, (res, channels) in contexts.items()})
+    requests.update({REFERENCE_PREFIX + spec.key: ("block", spec) for spec in references})
+    files = cache.files(requests, pool, lambda key: status(f"converted {key}"))
+    status("measure")
+    result = measure_files(device, files, seed, label)
+    measured = result["results"]
+    table.device = _device_record(device, result)
+    for key in contexts:
+        table.contexts[key] = _faster(table.contexts.get(key), measured[key], "ms")
+    for spec in specs:
+        table.entries[spec.key] = _faster(table.entries.get(spec.key), _entry(spec, measured[spec.key]), "measured_ms")
+    for entry in table.entries.values():
+        if "context" in entry:  # a context measured faster now changes the blocks measured behind it
+            # A block cheaper than the noise of the difference is kept at 1% of its measurement, never <= 0.
+            context_ms = table.contexts[entry["context"]]["ms"]
+            entry["ms"] = max(entry["measured_ms"] - context_ms, 0.01 * entry["measured_ms"])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    table.calls.append({"ended": now.isoformat(timespec="milliseconds"),
+                        "models": sorted([*contexts, *(spec.key for spec in specs)]),
+                        "reference_ms": {spec.key: measured[REFERENCE_PREFIX + spec.key]["ms"] for spec in references}})
+    table.created = now.isoformat(timespec="seconds")
+
+
+def _wait_after_last_call(table: LatencyTable) -> None:
+    ended = datetime.datetime.fromisoformat(table.calls[-1]["ended"])
+    since = (datetime.datetime.now(datetime.timezone.utc) - ended).total_seconds()
+    if since < CONFIRM_AFTER_S:
+        time.sleep(CONFIRM_AFTER_S - since)
+
+
+def _measure_slow_calls_again(device: Device, table: LatencyTable, cache: ModelFileCache, pool: ConversionPool,
+                              references: list[BlockSpec], chunk_size: int, seed: int, partial: Path, log) -> None:
+    """Measure the entries made only in slow calls again, CONFIRM_AFTER_S after the last call, up to
+    REMEASURE_ROUNDS times; each keeps its fastest measurement."""
+    for round_ in range(REMEASURE_ROUNDS + 1):
+        slow = measured_only_in_slow_calls(table)
+        if not slow:
+            if round_:
+                log(f"measured again: every entry now has a call within {SLOW_CALL_FACTOR}x the typical state")
+            return
+        if round_ == REMEASURE_ROUNDS:
+            log(f"{len(slow)} entries of the {device.name} table were measured only while this machine ran over "
+                f"{SLOW_CALL_FACTOR}x its typical state ({REMEASURE_ROUNDS} tries, up to {max(slow.values()):.2f}x): "
+                f"they may read high; `edgefr profile --device {device.name}` on a quieter machine measures them again")
+            return
+        log(f"{len(slow)} entries were measured only in calls where the reference blocks ran over {SLOW_CALL_FACTOR}x "
+            f"their typical time (up to {max(slow.values()):.2f}x: a slow spell of the machine); measuring them again")
+        specs = [BlockSpec.from_dict(table.entries[key]["block"]) for key in slow if key in table.entries]
+        context_of = {entry["context"]: (entry["block"]["res"], entry["block"]["cin"])
+                      for entry in table.entries.values() if "context" in entry}
+        contexts = list({key: context_of[key] for key in slow if key in context_of}.items())
+        _wait_after_last_call(table)  # the slow call may be the last one, and its spell not over yet
+        for start in range(0, max(len(specs), len(contexts)), chunk_size):
+            _measure_call(device, table, cache, pool, specs[start:start + chunk_size],
+                          dict(contexts[start:start + chunk_size]), references, seed + len(table.calls),
+                          "measure again")
+            table.save(partial)
+
+
 def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[BlockSpec] | None = None,
                    calibration_nets: int = DEFAULT_CALIBRATION_NETS, embedding: int = 128, seed: int = 0,
                    chunk_size: int = 64, fresh: bool = False, extend: bool = True,
@@ -203,27 +315,19 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
     cache = ModelFileCache(device.runtime, device.dtype)
     rng = random.Random(seed)
     rng.shuffle(todo)  # randomized order across chunks too: no block family measured all at once
+    references = reference_blocks(specs, seed)
     with ConversionPool(conversion_workers) as pool:
         with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"profile {device.name}",
                   unit="block") as bar:
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start:start + chunk_size]
-                requests = {}
-                for spec in chunk:
-                    requests[spec.key] = ("block", spec)
-                    ctx = context_key(spec.res, spec.cin)
-                    if spec.kind != "stem" and ctx not in table.contexts:
-                        requests[ctx] = ("context", spec.res, spec.cin)
-                files = cache.files(requests, pool, lambda key: bar.set_postfix_str(f"converted {key}"))
-                bar.set_postfix_str("measure")
-                result = measure_files(device, files, seed + start, "measure")
-                table.device = _device_record(device, result)
-                table.contexts.update({k: v for k, v in result["results"].items() if k.startswith("context:")})
-                for spec in chunk:
-                    table.entries[spec.key] = _entry(spec, result["results"][spec.key], table.contexts)
-                table.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                contexts = {context_key(spec.res, spec.cin): (spec.res, spec.cin) for spec in chunk
+                            if spec.kind != "stem" and context_key(spec.res, spec.cin) not in table.contexts}
+                _measure_call(device, table, cache, pool, chunk, contexts, references, seed + start, "measure",
+                              bar.set_postfix_str)
                 table.save(partial)
                 bar.update(len(chunk))
+        _measure_slow_calls_again(device, table, cache, pool, references, chunk_size, seed, partial, log)
         table.calibration = calibrate(device, space, table, cache, calibration_nets, embedding, seed, log, pool)
     table.save(out)
     partial.unlink(missing_ok=True)
