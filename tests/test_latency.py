@@ -134,6 +134,17 @@ def test_a_chunk_measured_in_a_slow_spell_is_measured_again_and_keeps_its_faster
     assert saved.calls == table.calls and len(saved.calls[0]["reference_ms"]) == profile.REFERENCE_BLOCKS
 
 
+def test_one_fast_call_does_not_make_the_others_look_slow(tmp_path, monkeypatch):
+    # The state is read against the calls' median, not their fastest: a profile whose third chunk ran 0.8x (the
+    # machine briefly quieter) measures nothing again.
+    calls, sleeps, base_ms = fake_measurements(monkeypatch, lambda i: 0.8 if i == 2 else 1.0)
+    device = resolve_device(str(write_device(tmp_path, "quiet-ort", "onnxruntime")))
+    messages = []
+    table = profile_device(device, MFN_SPACE, tmp_path / "quiet-ort.json", chunk_size=2, calibration_nets=0,
+                           blocks=resolve_arch(SMALL_ARCH).block_specs()[:8], log=messages.append)
+    assert len(calls) == len(table.calls) == 4 and not sleeps and not messages
+
+
 def test_a_spell_that_outlasts_the_remeasurements_is_reported_not_hidden(tmp_path, monkeypatch):
     from edgefr.latency import profile
 
