@@ -82,6 +82,10 @@ def test_profile_resumes_from_its_partial_file(tmp_path):
     assert not (tmp_path / "resume-ort.partial.json").exists()
 
 
+def distinct_blocks(count):
+    return list({spec.key: spec for spec in resolve_arch(SMALL_ARCH).block_specs()}.values())[:count]
+
+
 def fake_measurements(monkeypatch, state_of_call):
     """Replace the agent call of `profile` by a host whose models take fixed times (by id), times the machine
     state `state_of_call(i)` of its i-th call (0-based); returns the calls' model ids and the sleeps."""
@@ -113,7 +117,7 @@ def test_a_chunk_measured_in_a_slow_spell_is_measured_again_and_keeps_its_faster
 
     calls, sleeps, base_ms = fake_measurements(monkeypatch, lambda i: 1.25 if i == 1 else 1.0)
     device = resolve_device(str(write_device(tmp_path, "spell-ort", "onnxruntime")))
-    blocks = resolve_arch(SMALL_ARCH).block_specs()[:8]
+    blocks = distinct_blocks(8)
     messages = []
     table = profile_device(device, MFN_SPACE, tmp_path / "spell-ort.json", blocks=blocks, chunk_size=2,
                            calibration_nets=0, log=messages.append)
@@ -127,6 +131,8 @@ def test_a_chunk_measured_in_a_slow_spell_is_measured_again_and_keeps_its_faster
     for spec in blocks:
         entry = table.entries[spec.key]
         assert entry["measured_ms"] == pytest.approx(base_ms(spec.key)), spec.key
+        first = (1.25 if spec.key in slow_call else 1.0) * base_ms(spec.key)
+        assert entry["calls_ms"] == pytest.approx([first] + ([base_ms(spec.key)] if spec.key in slow_call else []))
         if "context" in entry:
             assert entry["ms"] == pytest.approx(base_ms(spec.key) - base_ms(entry["context"]))
     assert all(c["ms"] == pytest.approx(0.02) for c in table.contexts.values())
@@ -141,7 +147,7 @@ def test_one_fast_call_does_not_make_the_others_look_slow(tmp_path, monkeypatch)
     device = resolve_device(str(write_device(tmp_path, "quiet-ort", "onnxruntime")))
     messages = []
     table = profile_device(device, MFN_SPACE, tmp_path / "quiet-ort.json", chunk_size=2, calibration_nets=0,
-                           blocks=resolve_arch(SMALL_ARCH).block_specs()[:8], log=messages.append)
+                           blocks=distinct_blocks(8), log=messages.append)
     assert len(calls) == len(table.calls) == 4 and not sleeps and not messages
 
 
@@ -150,7 +156,7 @@ def test_a_spell_that_outlasts_the_remeasurements_is_reported_not_hidden(tmp_pat
 
     calls, sleeps, base_ms = fake_measurements(monkeypatch, lambda i: 1.25 if i == 1 or i >= 4 else 1.0)
     device = resolve_device(str(write_device(tmp_path, "long-spell-ort", "onnxruntime")))
-    blocks = resolve_arch(SMALL_ARCH).block_specs()[:8]
+    blocks = distinct_blocks(8)
     messages = []
     table = profile_device(device, MFN_SPACE, tmp_path / "long-spell-ort.json", blocks=blocks, chunk_size=2,
                            calibration_nets=0, log=messages.append)

@@ -231,7 +231,10 @@ def measured_only_in_slow_calls(table: LatencyTable) -> dict[str, float]:
 
 
 def _faster(old: dict | None, new: dict, value: str) -> dict:
-    return old if old is not None and old[value] <= new[value] else new
+    """The faster of an earlier measurement (None: none) and a new one, holding the times of all (`calls_ms`)."""
+    times = ([] if old is None else old.get("calls_ms", [old[value]])) + [new[value]]
+    kept = old if old is not None and old[value] <= new[value] else new
+    return {**kept, "calls_ms": times}
 
 
 def _measure_call(device: Device, table: LatencyTable, cache: ModelFileCache, pool: ConversionPool,
@@ -306,7 +309,7 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
     """Measure `blocks` (default: all of `space`) on `device` into `out`, resuming `out`'s partial file, and
     extending `out` itself unless `extend` is off (a caller that found it of another machine) or `fresh`.
     Files are converted by `conversion_workers` processes (default: one per core)."""
-    specs = blocks if blocks is not None else space.all_block_specs()
+    specs = list({spec.key: spec for spec in (blocks if blocks is not None else space.all_block_specs())}.values())
     partial = out.with_name(out.stem + ".partial.json")
     table = _resume_or_new(device, space, out, partial, fresh, extend, log)
     todo = [s for s in specs if s.key not in table.entries]
