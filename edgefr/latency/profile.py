@@ -4,11 +4,10 @@ Long on purpose (minutes per device), so it checkpoints: blocks are converted an
 measured chunk is saved to `<table>.partial.json`; a rerun resumes from it. Chunks measured in a slow spell of
 the machine (told by reference blocks measured in every chunk) are measured again at the end. Whole nets
 measured last fit the calibration (see `calibration.py`), together with a sample of the table's own blocks
-measured again ("anchors"):
-a shared machine's speed drifts by several percent within minutes (on this host the same 30 nets, measured 3 to
-30 minutes apart, moved by up to 7%), so the calibration nets' times are first brought back to the machine state
-the blocks were measured in. The scales then hold what whole graphs do differently from their blocks, not the
-moment the calibration ran.
+measured again ("anchors"): a shared machine's speed drifts by several percent within minutes (on this host the
+same 30 nets, measured 3 to 30 minutes apart, moved by up to 7%), so the calibration nets' times are first
+brought back to the machine state the blocks were measured in. The scales then hold what whole graphs do
+differently from their blocks, not the moment the calibration ran.
 """
 
 from __future__ import annotations
