@@ -144,12 +144,17 @@ def _entry(spec: BlockSpec, measured: dict) -> dict:
     return entry
 
 
+def seeded_sample(keys, count: int, seed: int) -> list[str]:
+    """`count` of the block `keys`, drawn by `seed`: the same draw for the same keys in whatever order."""
+    keys = sorted(keys)
+    random.Random(seed).shuffle(keys)
+    return keys[:count]
+
+
 def anchor_blocks(table: LatencyTable, archs: list[Arch], count: int, seed: int) -> list[BlockSpec]:
     """A seeded sample of the blocks the calibration nets are made of (those the calibration must agree with)."""
     specs = {spec.key: spec for arch in archs for spec in arch.block_specs() if spec.key in table.entries}
-    keys = sorted(specs)
-    random.Random(seed).shuffle(keys)
-    return [specs[key] for key in keys[:count]]
+    return [specs[key] for key in seeded_sample(specs, count, seed)]
 
 
 def machine_state(table: LatencyTable, measured_now: dict[str, float]) -> dict:
@@ -163,9 +168,8 @@ def machine_state(table: LatencyTable, measured_now: dict[str, float]) -> dict:
 def speed_against_table(device: Device, table: LatencyTable, seed: int = 0) -> dict:
     """`machine_state` of the device now against `table`: a seeded sample of its blocks converted (cached) and
     measured again; plus `other_machine`, whether they ran more than OTHER_MACHINE_FACTOR off their table times."""
-    keys = sorted(table.entries)
-    random.Random(seed).shuffle(keys)
-    specs = [BlockSpec.from_dict(table.entries[key]["block"]) for key in keys[:SPEED_CHECK_BLOCKS]]
+    specs = [BlockSpec.from_dict(table.entries[key]["block"])
+             for key in seeded_sample(table.entries, SPEED_CHECK_BLOCKS, seed)]
     cache = ModelFileCache(device.runtime, device.dtype)
     # No progress bar: seconds long, and it precedes one-line errors (an unreachable budget) on stderr.
     result = measure_files(device, {spec.key: cache.block(spec) for spec in specs}, seed, "", progress_bar=False)
@@ -194,14 +198,6 @@ def table_of_this_machine(device: Device, paths: list[Path]) -> tuple[Path, dict
         if not speed["other_machine"]:
             return path, speed
     return None
-
-
-def reference_blocks(specs: list[BlockSpec], seed: int) -> list[BlockSpec]:
-    """A seeded sample of the profiled blocks, measured in every measurement call to read that call's state."""
-    by_key = {spec.key: spec for spec in specs}
-    keys = sorted(by_key)
-    random.Random(seed).shuffle(keys)
-    return [by_key[key] for key in keys[:REFERENCE_BLOCKS]]
 
 
 def call_states(calls: list[dict]) -> list[float]:
@@ -308,7 +304,8 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
     """Measure `blocks` (default: all of `space`) on `device` into `out`, resuming `out`'s partial file, and
     extending `out` itself unless `extend` is off (a caller that found it of another machine) or `fresh`.
     Files are converted by `conversion_workers` processes (default: one per core)."""
-    specs = list({spec.key: spec for spec in (blocks if blocks is not None else space.all_block_specs())}.values())
+    by_key = {spec.key: spec for spec in (blocks if blocks is not None else space.all_block_specs())}
+    specs = list(by_key.values())  # a block listed twice is measured once
     partial = out.with_name(out.stem + ".partial.json")
     table = _resume_or_new(device, space, out, partial, fresh, extend, log)
     todo = [s for s in specs if s.key not in table.entries]
@@ -317,7 +314,7 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
     cache = ModelFileCache(device.runtime, device.dtype)
     rng = random.Random(seed)
     rng.shuffle(todo)  # randomized order across chunks too: no block family measured all at once
-    references = reference_blocks(specs, seed)
+    references = [by_key[key] for key in seeded_sample(by_key, REFERENCE_BLOCKS, seed)]
     with ConversionPool(conversion_workers) as pool:
         with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"profile {device.name}",
                   unit="block") as bar:
