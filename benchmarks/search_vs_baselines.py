@@ -73,15 +73,16 @@ def baseline_grid() -> list:
 def matched_baseline(device, searched) -> tuple:
     """The scaled MobileFaceNet (PReLU and ReLU variants) whose measured latency is closest to the searched
     student's, with its latency and the searched one's: the MATCH_CANDIDATES predicted closest to the searched
-    one's prediction are measured in one call with it. A table time cannot be set against a measurement: this host
-    drifts by up to ~20% from its table (at 0.80x, matching the table's prediction to the searched 3.78 ms picked
-    a baseline measuring 2.80), and whole-net prediction errors differ between architectures."""
+    one's prediction are measured with it in two calls (each net's fastest). A table time cannot be set against a
+    measurement: this host drifts by up to ~20% from its table (at 0.80x, matching the table's prediction to the
+    searched 3.78 ms picked a baseline measuring 2.80), and whole-net prediction errors differ between
+    architectures."""
     predictor = LatencyPredictor(load_device_table(device))
     target = predictor.predict(searched).total_ms
     by_prediction = sorted(baseline_grid(), key=lambda arch: abs(predictor.predict(arch).total_ms - target))
     nearest = by_prediction[:MATCH_CANDIDATES]
     times = measure_networks(device, {"searched": searched, **{arch.name: arch for arch in nearest}},
-                             "matching a baseline")
+                             "matching a baseline", calls=2)
     baseline = min(nearest, key=lambda arch: abs(times[arch.name] - times["searched"]))
     return baseline, times[baseline.name], times["searched"]
 

@@ -46,11 +46,13 @@ def first_identities(root: Path, count: int) -> Path:
     return root
 
 
-def table_at_speed(table, factor: float, path: Path):
-    """A copy of latency table `table` as if measured on a machine `factor` times slower: every time scaled."""
+def table_at_speed(table, factor: float, path: Path, host: dict | None = None):
+    """A copy of latency table `table` as if measured on a machine `factor` times slower: every time scaled; `host`
+    (CPU name, runtime version) replaces the machine it records."""
     import copy
 
     doctored = copy.deepcopy(table)
+    doctored.device.update(host or {})
     for record in [*doctored.entries.values(), *doctored.contexts.values()]:
         for key in ("ms", "measured_ms"):
             if key in record:
