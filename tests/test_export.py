@@ -138,6 +138,36 @@ def test_onnx_runtime_sessions_multiply_int8_exactly(tmp_path):
         assert (products == 255 * 127 * depth).all(), products[0]
 
 
+def test_onnx_exports_reuse_one_registry_and_write_the_files_a_fresh_registry_writes(tmp_path, monkeypatch):
+    """Exports after the first reuse the exporter's registry of decompositions (half a block's conversion time);
+    the files must be byte for byte those an export building its own registry writes, for every block kind."""
+    import contextlib
+
+    from edgefr.convert import convert_for_runtime, onnx_flow
+    from edgefr.space import MFN_SPACE
+
+    by_kind = {}
+    for spec in MFN_SPACE.all_block_specs():
+        by_kind.setdefault((spec.kind, spec.act), spec)
+    assert len(by_kind) >= 4, by_kind
+
+    def convert_all(folder) -> list[bytes]:
+        files = []
+        for index, spec in enumerate(by_kind.values()):
+            torch.manual_seed(index)
+            path = tmp_path / folder / f"{index}.onnx"
+            convert_for_runtime(spec.build().eval(), torch.zeros(spec.input_shape()), "onnxruntime", "fp32", path)
+            files.append(path.read_bytes())
+        return files
+
+    builds_before = onnx_flow._shared_torchlib_registry.cache_info()
+    reused = convert_all("reused")
+    builds_after = onnx_flow._shared_torchlib_registry.cache_info()
+    assert builds_after.hits - builds_before.hits >= len(by_kind) - 1, (builds_before, builds_after)
+    monkeypatch.setattr(onnx_flow, "torchlib_registry_built_once", contextlib.nullcontext)
+    assert convert_all("fresh") == reused
+
+
 def test_float_head_is_the_int8_default_and_refused_where_it_means_nothing():
     for fmt, quantize in (("onnx", "fp32"), ("coreml", "fp16"), ("tflite", "int8-weights")):
         with pytest.raises(EdgefrError, match="--float-head applies to --quantize int8"):

@@ -173,8 +173,9 @@ def test_a_spell_that_outlasts_the_remeasurements_is_reported_not_hidden(tmp_pat
 
 
 def test_a_conversion_pool_writes_the_files_a_single_process_writes(tmp_path):
-    """Profiles convert on every core: the files must be those of a serial conversion, in the requests' order,
-    and a cached file is not converted again."""
+    """Profiles convert on every core, and ahead while they measure: the files must be those of a serial
+    conversion, in the requests' order, and a file is converted once (not again when cached, not twice when
+    asked for while it converts ahead)."""
     arch = resolve_arch(SMALL_ARCH)
     specs = arch.block_specs()[1:4]
     requests = {spec.key: ("block", spec) for spec in specs}
@@ -185,13 +186,22 @@ def test_a_conversion_pool_writes_the_files_a_single_process_writes(tmp_path):
     pooled_cache.block(specs[0])
     cached_mtime = pooled_cache.block(specs[0]).stat().st_mtime_ns
     done = []
+    ahead_cache = ModelFileCache("onnxruntime", "fp32", root=tmp_path / "ahead")
     with ConversionPool(2) as pool:
         pooled = pooled_cache.files(requests, pool, done.append)
+        # Converted ahead one at a time, then asked for (two keys of one file among them) while some still convert.
+        pool.convert_ahead(ahead_cache, requests, 1)
+        ahead = ahead_cache.files({**requests, "same net": requests["net"]}, pool)
+        written = {key: path.stat().st_mtime_ns for key, path in ahead.items()}
     assert list(pooled) == list(requests) and sorted(done) == sorted(requests)
     for key in requests:
         assert pooled[key].read_bytes() == serial[key].read_bytes(), key
+        assert ahead[key].read_bytes() == serial[key].read_bytes(), key
+    assert ahead["same net"] == ahead["net"]
+    # Each file was converted once: none was written again after it was handed out.
+    assert {key: path.stat().st_mtime_ns for key, path in ahead.items()} == written
     assert pooled[specs[0].key].stat().st_mtime_ns == cached_mtime
-    assert not list((tmp_path / "pooled").rglob("*partial*"))
+    assert not list((tmp_path / "pooled").rglob("*partial*")) and not list((tmp_path / "ahead").rglob("*partial*"))
 
 
 def test_calibration_recovers_per_activation_scales_and_offset():

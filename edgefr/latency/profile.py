@@ -13,6 +13,7 @@ differently from their blocks, not the moment the calibration ran.
 from __future__ import annotations
 
 import datetime
+import functools
 import random
 import statistics
 import time
@@ -67,6 +68,11 @@ def calibration_archs(space: SearchSpace, count: int, embedding: int) -> list[Ar
     sampled = [space.sample(rng, name=f"calibration-{i}", embedding=embedding) for i in range(count)]
     archs = [a for a in named if a.embedding == embedding] + sampled
     return archs[:count]
+
+
+def covered_calibration_archs(space: SearchSpace, count: int, embedding: int, blocks: set[str]) -> list[Arch]:
+    """The `calibration_archs` made only of `blocks` (keys): those a table of these blocks can calibrate with."""
+    return [a for a in calibration_archs(space, count, embedding) if {s.key for s in a.block_specs()} <= blocks]
 
 
 # A shared host has slow spells: the models of one agent call measured 7-29% slow, lasting seconds to ~40 s
@@ -235,15 +241,33 @@ def _faster(old: dict | None, new: dict, value: str) -> dict:
     return {**kept, "calls_ms": times}
 
 
-def _measure_call(device: Device, table: LatencyTable, cache: ModelFileCache, pool: ConversionPool,
-                  specs: list[BlockSpec], contexts: dict[str, tuple[int, int]], references: list[BlockSpec],
-                  seed: int, label: str, status=lambda text: None) -> None:
-    """Measure blocks `specs` and contexts (key -> (res, channels)) in one agent call beside the reference blocks;
-    every entry and context keeps the faster of this and its earlier measurements; the call is recorded."""
+def _block_requests(specs: list[BlockSpec], contexts: dict[str, tuple[int, int]]) -> dict[str, tuple]:
+    """Model file requests (see `ModelFileCache.files`) of blocks and contexts (key -> (res, channels))."""
     requests = {spec.key: ("block", spec) for spec in specs}
     requests.update({key: ("context", res, channels) for key, (res, channels) in contexts.items()})
+    return requests
+
+
+def _contexts_of(specs: list[BlockSpec]) -> dict[str, tuple[int, int]]:
+    return {context_key(spec.res, spec.cin): (spec.res, spec.cin) for spec in specs if spec.kind != "stem"}
+
+
+def lanes_beside_measurement(device: Device, pool: ConversionPool) -> int:
+    """How many conversions may run while `device` measures: all the pool's on a board (the host is idle), on
+    this host those on the cores its measuring threads leave free."""
+    return pool.workers if device.transport != "local" else max(0, pool.workers - device.threads)
+
+
+def _measure_call(device: Device, table: LatencyTable, cache: ModelFileCache, pool: ConversionPool,
+                  specs: list[BlockSpec], contexts: dict[str, tuple[int, int]], references: list[BlockSpec],
+                  seed: int, label: str, status=lambda text: None, convert_next=lambda: None) -> None:
+    """Measure blocks `specs` and contexts (key -> (res, channels)) in one agent call beside the reference blocks;
+    every entry and context keeps the faster of this and its earlier measurements; the call is recorded.
+    `convert_next()` starts converting what comes after, once this call's files are ready."""
+    requests = _block_requests(specs, contexts)
     requests.update({REFERENCE_PREFIX + spec.key: ("block", spec) for spec in references})
     files = cache.files(requests, pool, lambda key: status(f"converted {key}"))
+    convert_next()
     status("measure")
     result = measure_files(device, files, seed, label)
     measured = result["results"]
@@ -306,7 +330,9 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
                    conversion_workers: int | None = None, log=print) -> LatencyTable:
     """Measure `blocks` (default: all of `space`) on `device` into `out`, resuming `out`'s partial file, and
     extending `out` itself unless `extend` is off (a caller that found it of another machine) or `fresh`.
-    Files are converted by `conversion_workers` processes (default: one per core)."""
+    Files are converted by `conversion_workers` processes (default: one per core): a chunk's files on all of them,
+    and while it is measured the next chunk's (after the last, the calibration nets') on those the measurement
+    leaves free (`lanes_beside_measurement`)."""
     by_key = {spec.key: spec for spec in (blocks if blocks is not None else space.all_block_specs())}
     specs = list(by_key.values())  # a block listed twice is measured once
     partial = out.with_name(out.stem + ".partial.json")
@@ -318,15 +344,20 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
     rng = random.Random(seed)
     rng.shuffle(todo)  # randomized order across chunks too: no block family measured all at once
     references = [by_key[key] for key in seeded_sample(by_key, REFERENCE_BLOCKS, seed)]
+    chunks = [todo[start:start + chunk_size] for start in range(0, len(todo), chunk_size)]
+    # What each call converts ahead while it measures: the next chunk, and after the last the calibration nets.
+    upcoming = [_block_requests(chunk, _contexts_of(chunk)) for chunk in chunks[1:]]
+    upcoming.append({arch.name: ("network", arch) for arch in
+                     covered_calibration_archs(space, calibration_nets, embedding, {*by_key, *table.entries})})
     with ConversionPool(conversion_workers) as pool:
+        lanes = lanes_beside_measurement(device, pool)
         with tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"profile {device.name}",
                   unit="block") as bar:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start:start + chunk_size]
-                contexts = {context_key(spec.res, spec.cin): (spec.res, spec.cin) for spec in chunk
-                            if spec.kind != "stem" and context_key(spec.res, spec.cin) not in table.contexts}
-                _measure_call(device, table, cache, pool, chunk, contexts, references, seed + start, "measure",
-                              bar.set_postfix_str)
+            for index, chunk in enumerate(chunks):
+                contexts = {key: shape for key, shape in _contexts_of(chunk).items() if key not in table.contexts}
+                _measure_call(device, table, cache, pool, chunk, contexts, references, seed + index * chunk_size,
+                              "measure", bar.set_postfix_str,
+                              functools.partial(pool.convert_ahead, cache, upcoming[index], lanes))
                 table.save(partial)
                 bar.update(len(chunk))
         _measure_slow_calls_again(device, table, cache, pool, references, chunk_size, seed, partial, log)
@@ -343,7 +374,7 @@ def calibrate(device: Device, space: SearchSpace, table: LatencyTable, cache: Mo
 
     if count <= 0:
         return None
-    archs = [a for a in calibration_archs(space, count, embedding) if not table.missing(a.block_specs())]
+    archs = covered_calibration_archs(space, count, embedding, set(table.entries))
     if len(archs) < MIN_CALIBRATION_NETS:
         log(f"calibration skipped: only {len(archs)} calibration nets are covered by the profiled blocks "
             f"(need {MIN_CALIBRATION_NETS}); predictions are raw block sums")
