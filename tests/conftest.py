@@ -82,7 +82,7 @@ def distilled_student(tmp_path_factory):
 def tables_here(tmp_path_factory) -> Path:
     """The shipped latency tables, each brought to this machine where it was measured on another one (another CPU
     name or runtime version, or blocks running off their table times): relabelled as this host's and scaled to its
-    speed. `edgefr search` would profile such a host first (12-18 min); tests of the search's mechanics run on the
+    speed. `edgefr search` would profile such a host first (8-18 min); tests of the search's mechanics run on the
     shipped blocks at this machine's speed. The checks themselves are tested in tests/test_latency.py."""
     from edgefr.devices import resolve_device
     from edgefr.devices.agent import cpu_model, runtime_version
