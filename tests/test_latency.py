@@ -204,6 +204,18 @@ def test_a_conversion_pool_writes_the_files_a_single_process_writes(tmp_path):
     assert not list((tmp_path / "pooled").rglob("*partial*")) and not list((tmp_path / "ahead").rglob("*partial*"))
 
 
+def test_conversions_beside_a_measurement_take_only_a_free_core_of_this_host():
+    from dataclasses import replace
+
+    from edgefr.latency.profile import lanes_beside_measurement
+
+    host = resolve_device("host-ort")
+    assert [lanes_beside_measurement(host, ConversionPool(cores)) for cores in (1, 2, 8)] == [0, 1, 1]
+    assert lanes_beside_measurement(replace(host, threads=2), ConversionPool(2)) == 0
+    board = replace(host, transport="ssh", host="pi@board")
+    assert lanes_beside_measurement(board, ConversionPool(4)) == 4
+
+
 def test_calibration_recovers_per_activation_scales_and_offset():
     truth = {"relu": 0.8, "prelu": 1.1}
     nets = []

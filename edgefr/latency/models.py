@@ -54,11 +54,11 @@ class ConversionPool:
     """Processes that convert model files side by side, started on first use.
 
     The exporters trace in Python on one core each, so a profile converts a chunk of blocks on every core; while a
-    chunk is measured, the next chunk's files are converted ahead (`convert_ahead`) on the cores the measurement
-    leaves free. Measured on the Intel host (2 cores, one measuring thread): 24 blocks' times with a conversion
-    running on the other core were 0.988x their times without (median of 6 paired runs, 0.976-1.021): the
-    measurement's own core and its thread-CPU clock are not disturbed by a neighbour. Spawned, not forked: the
-    parent's torch threads do not survive a fork.
+    chunk is measured, the next chunk's files are converted ahead (`convert_ahead`) beside it (how many at once:
+    `profile.lanes_beside_measurement`). Measured on the Intel host (2 cores, one measuring thread): 24 blocks'
+    times with a conversion running on the other core were 0.988x their times without (median of 6 paired runs,
+    0.976-1.021): the measurement's own core and its thread-CPU clock are not disturbed by one neighbour.
+    Spawned, not forked: the parent's torch threads do not survive a fork.
     """
 
     def __init__(self, workers: int | None = None):

@@ -253,9 +253,11 @@ def _contexts_of(specs: list[BlockSpec]) -> dict[str, tuple[int, int]]:
 
 
 def lanes_beside_measurement(device: Device, pool: ConversionPool) -> int:
-    """How many conversions may run while `device` measures: all the pool's on a board (the host is idle), on
-    this host those on the cores its measuring threads leave free."""
-    return pool.workers if device.transport != "local" else max(0, pool.workers - device.threads)
+    """How many conversions may run while `device` measures: all the pool's on a board (the host is idle); on
+    this host one, where its measuring threads leave a core free. One conversion beside a measurement was measured
+    harmless (see `ConversionPool`); several, on a host with more cores, would share its caches and memory
+    bandwidth unmeasured."""
+    return pool.workers if device.transport != "local" else min(1, max(0, pool.workers - device.threads))
 
 
 def _measure_call(device: Device, table: LatencyTable, cache: ModelFileCache, pool: ConversionPool,
@@ -331,8 +333,8 @@ def profile_device(device: Device, space: SearchSpace, out: Path, blocks: list[B
     """Measure `blocks` (default: all of `space`) on `device` into `out`, resuming `out`'s partial file, and
     extending `out` itself unless `extend` is off (a caller that found it of another machine) or `fresh`.
     Files are converted by `conversion_workers` processes (default: one per core): a chunk's files on all of them,
-    and while it is measured the next chunk's (after the last, the calibration nets') on those the measurement
-    leaves free (`lanes_beside_measurement`)."""
+    and while it is measured the next chunk's (after the last, the calibration nets') beside it
+    (`lanes_beside_measurement`)."""
     by_key = {spec.key: spec for spec in (blocks if blocks is not None else space.all_block_specs())}
     specs = list(by_key.values())  # a block listed twice is measured once
     partial = out.with_name(out.stem + ".partial.json")
