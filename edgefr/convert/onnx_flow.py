@@ -55,10 +55,10 @@ def torchlib_registry_built_once():
     try:
         from torch.onnx._internal.exporter import _constants
         from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+        original = ONNXRegistry.__dict__.get("from_torchlib")
     except ImportError:
-        yield
-        return
-    original = ONNXRegistry.__dict__.get("from_torchlib")
+        original = None
     if not isinstance(original, classmethod):
         yield
         return
