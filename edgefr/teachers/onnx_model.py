@@ -10,7 +10,6 @@ import numpy as np
 from edgefr.devices.agent import ort_session_options
 from edgefr.digests import file_sha256
 from edgefr.errors import EdgefrError
-from edgefr.paths import cache_dir
 from edgefr.teachers.base import Teacher, probe_embedding_dim
 from edgefr.teachers.preprocessing import resolve_preprocessing
 
@@ -22,7 +21,8 @@ PREPROCESSING_METADATA_KEY = "edgefr.preprocessing"
 
 def _repair_graph(model, source: Path) -> bool:
     """Drop graph inputs that are initializers or that no node reads (SFace lists its weights as inputs,
-    which onnxruntime refuses) and make the batch dimension symbolic. True if anything changed."""
+    which onnxruntime refuses), make the batch dimension symbolic and flush denormal weights. True if anything
+    changed."""
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     consumed = {name for node in graph.node for name in node.input}
@@ -42,7 +42,28 @@ def _repair_graph(model, source: Path) -> bool:
     if changed:
         # Intermediate shapes recorded for the old fixed batch would contradict the new symbolic one.
         del graph.value_info[:]
-    return changed
+    return _flush_denormal_weights(model) or changed
+
+
+def _flush_denormal_weights(model) -> bool:
+    """Set float32 weights below the smallest normal number to zero. x86 cores take a slow microcode assist on every
+    product with a denormal operand: faceplugin's 8,938 such weights (of dead channels after long training) made it
+    run 3.5x slower (62 -> 18 ms a face on one thread), and its embeddings are bit-identical without them (each such
+    product, ~1e-38, is far below the rounding of any sum it joins). True if any weight was flushed."""
+    import onnx
+    from onnx import numpy_helper
+
+    smallest_normal = np.finfo(np.float32).tiny
+    flushed = False
+    for tensor in model.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        weights = numpy_helper.to_array(tensor)
+        denormal = (weights != 0) & (np.abs(weights) < smallest_normal)
+        if denormal.any():
+            tensor.CopyFrom(numpy_helper.from_array(np.where(denormal, np.float32(0), weights), tensor.name))
+            flushed = True
+    return flushed
 
 
 def load_onnx_teacher(path: str | Path, name: str | None = None, preprocessing: dict | None = None,
@@ -65,20 +86,13 @@ def load_onnx_teacher(path: str | Path, name: str | None = None, preprocessing: 
     spec = resolve_preprocessing(str(path), preprocessing, metadata.get(PREPROCESSING_METADATA_KEY),
                                  default_preprocessing)
     fingerprint = file_sha256(path)
-    runnable = path
-    if _repair_graph(model, path):
-        runnable = cache_dir() / "onnx" / f"{path.stem}-{fingerprint[:16]}.onnx"
-        if not runnable.is_file():
-            runnable.parent.mkdir(parents=True, exist_ok=True)
-            tmp = runnable.with_name(runnable.name + ".tmp")
-            onnx.save(model, str(tmp))
-            tmp.replace(runnable)
+    runnable = model.SerializeToString() if _repair_graph(model, path) else str(path)
     options = ort_session_options()  # exact int8 products on x86 without VNNI (an exported int8 student)
     # Fatal only: onnxruntime warns about every unused initializer of such graphs, and logs an error when the batch
     # probe meets a graph that fixes batch size 1 (a whole-int8 export), which `probe_embedding_dim` handles.
     options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(runnable), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(runnable, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise EdgefrError(f"{path}: onnxruntime cannot load the model ({str(exc).splitlines()[0][:200]})") from None
     input_name = session.get_inputs()[0].name
