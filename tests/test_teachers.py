@@ -67,14 +67,23 @@ def test_sface_loads_with_its_declared_preprocessing(real_faces):
     np.testing.assert_allclose(batched[2], teacher.embed(images[2:])[0], atol=1e-4)
 
 
+def embed_one_at_a_time(model, images: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """Embeddings of `images` by onnxruntime running the ONNX `model` as given, face by face."""
+    import onnxruntime as ort
+
+    from edgefr.devices.agent import ort_session_options
+
+    session = ort.InferenceSession(model.SerializeToString(), ort_session_options(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: face[None]})[0] for face in preprocess(images, preprocessing)])
+
+
 def test_faceplugin_runs_without_its_denormal_weights_and_embeds_faces_exactly_as_shipped(real_faces):
     """faceplugin ships 8,938 denormal weights, which x86 multiplies 3.5x slower: the teacher loads them flushed to
     zero and embeds real faces bit for bit as onnxruntime does on the file as shipped."""
     import onnx
-    import onnxruntime as ort
     from onnx.numpy_helper import to_array
 
-    from edgefr.devices.agent import ort_session_options
     from edgefr.teachers.onnx_model import _flush_denormal_weights
     from edgefr.teachers.registry import faceplugin_path
 
@@ -84,13 +93,46 @@ def test_faceplugin_runs_without_its_denormal_weights_and_embeds_faces_exactly_a
     zeros = [sum(np.count_nonzero(to_array(t) == 0) for t in m.graph.initializer) for m in (shipped, flushed)]
     assert zeros[1] - zeros[0] == 8938
 
-    teacher = load_teacher("faceplugin")
-    session = ort.InferenceSession(shipped.SerializeToString(), ort_session_options(),
-                                   providers=["CPUExecutionProvider"])
     images = np.stack([load_rgb(p) for p in real_faces[:4]])
-    batch = preprocess(images, INSIGHTFACE_PREPROCESSING)
-    as_shipped = np.concatenate([session.run(None, {session.get_inputs()[0].name: face[None]})[0] for face in batch])
-    np.testing.assert_array_equal(teacher.embed(images), as_shipped)
+    np.testing.assert_array_equal(load_teacher("faceplugin").embed(images),
+                                  embed_one_at_a_time(shipped, images, INSIGHTFACE_PREPROCESSING))
+
+
+def test_sface_dequantizes_its_weights_once_and_embeds_faces_as_its_quantized_graph(real_faces):
+    """SFace keeps int8 weights behind DequantizeLinear nodes, which onnxruntime would run on every call: the teacher
+    folds them into float weights at load and embeds real faces as the graph as shipped does (to the rounding of
+    the BatchNormalization that onnxruntime can now fuse). An int8 export's graph, which quantizes activations,
+    keeps its DequantizeLinear nodes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgefr.teachers.onnx_model import _fold_weight_dequantization, _repair_graph
+    from edgefr.teachers.registry import sface_path
+
+    shipped = onnx.load(str(sface_path()))
+    _repair_graph(shipped, sface_path())
+    folded = onnx.load(str(sface_path()))
+    _repair_graph(folded, sface_path())
+    assert _fold_weight_dequantization(folded) and not _fold_weight_dequantization(folded)
+    gone = {n.op_type for n in shipped.graph.node} - {n.op_type for n in folded.graph.node}
+    assert gone == {"DequantizeLinear", "Reshape"}, gone
+
+    images = np.stack([load_rgb(p) for p in real_faces[:4]])
+    embedded = load_teacher("sface").embed(images)
+    as_shipped = embed_one_at_a_time(shipped, images, SFACE_PREPROCESSING)
+    np.testing.assert_allclose(embedded, as_shipped, rtol=0, atol=1e-5 * np.abs(as_shipped).max())
+
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "scale"), numpy_helper.from_array(np.int8(0), "zero")
+    int8_weight = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "w_q")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "scale", "zero"], ["x_dq"]),
+             helper.make_node("DequantizeLinear", ["w_q", "scale", "zero"], ["w"]),
+             helper.make_node("Conv", ["x_dq", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [scale, zero, int8_weight])
+    int8_export = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert not _fold_weight_dequantization(int8_export) and len(int8_export.graph.node) == 4
 
 
 def test_not_a_model_is_a_one_line_error(tmp_path):
