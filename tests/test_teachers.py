@@ -98,11 +98,11 @@ def test_faceplugin_runs_without_its_denormal_weights_and_embeds_faces_exactly_a
                                   embed_one_at_a_time(shipped, images, INSIGHTFACE_PREPROCESSING))
 
 
-def test_sface_dequantizes_its_weights_once_and_embeds_faces_as_its_quantized_graph(real_faces):
+def test_sface_dequantizes_its_weights_once_and_embeds_faces_as_its_quantized_graph(real_faces, monkeypatch):
     """SFace keeps int8 weights behind DequantizeLinear nodes, which onnxruntime would run on every call: the teacher
     folds them into float weights at load and embeds real faces as the graph as shipped does (to the rounding of
     the BatchNormalization that onnxruntime can now fuse). An int8 export's graph, which quantizes activations,
-    keeps its DequantizeLinear nodes."""
+    keeps its DequantizeLinear nodes, and so does a graph whose weights onnx's evaluator cannot compute."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -133,6 +133,14 @@ def test_sface_dequantizes_its_weights_once_and_embeds_faces_as_its_quantized_gr
                               [scale, zero, int8_weight])
     int8_export = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     assert not _fold_weight_dequantization(int8_export) and len(int8_export.graph.node) == 4
+
+    def evaluator_lacks_the_op(*args):
+        raise NotImplementedError("no implementation for DequantizeLinear(21)")
+
+    monkeypatch.setattr("onnx.reference.ReferenceEvaluator.run", evaluator_lacks_the_op)
+    unfolded = onnx.load(str(sface_path()))
+    _repair_graph(unfolded, sface_path())
+    assert not _fold_weight_dequantization(unfolded) and unfolded == shipped
 
 
 def test_not_a_model_is_a_one_line_error(tmp_path):
