@@ -30,25 +30,28 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shlex
 import statistics
 import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from edgefr.cli import EdgefrCommand
 from edgefr.devices import resolve_device
 from edgefr.digests import file_sha256
 from edgefr.distill import SHORT_RUN_RECIPE, distill
 from edgefr.distill.cli import default_data
-from edgefr.distill.engine import held_out_agreement
+from edgefr.distill.engine import held_out_cosines, mean_cosine
 from edgefr.errors import EdgefrError
 from edgefr.latency import LatencyPredictor, load_device_table
 from edgefr.latency.profile import measure_networks
 from edgefr.search import SearchConfig, run_pipeline
 from edgefr.search.cli import ensure_table, layer_choices
-from edgefr.search.pipeline import FINALISTS_FILE, choose_finalist, evaluate_student
+from edgefr.search.pipeline import (FINALISTS_FILE, SEPARATING_STANDARD_ERRORS, choose_finalist, cosine_margins,
+                                    evaluate_student)
 from edgefr.space import arch_from_dict, count_flops, count_params, read_checkpoint, scaled_mobilefacenet
 from edgefr.space.checkpoint import load_student
 
@@ -192,14 +195,14 @@ def evaluated(checkpoint: Path) -> dict:
     return accuracy
 
 
-def teacher_agreement(folder: Path, teacher, data) -> float:
-    """The held-out cosine to the teacher of the run folder's best.pt, on the images its training held out (the
-    split is rebuilt from the settings last.pt keeps, so a student trained elsewhere is ranked as `edgefr search
-    --finalists` would have ranked it; `data` must be the faces it trained on)."""
+def teacher_cosines(folder: Path, teacher, data) -> tuple[int, np.ndarray]:
+    """(training seed, per-image held-out cosines to the teacher) of the run folder's best.pt, on the images its
+    training held out (the split is rebuilt from the settings last.pt keeps, so a student trained elsewhere is
+    ranked as `edgefr search --finalists` would have ranked it; `data` must be the faces it trained on)."""
     config = read_checkpoint(folder / "last.pt")["train_state"]["config"]
     model, _ = load_student(folder / "best.pt")
-    return held_out_agreement(model, teacher, data, seed=config["seed"], val_fraction=config["val_fraction"],
-                              max_images=config["max_images"])
+    return config["seed"], held_out_cosines(model, teacher, data, seed=config["seed"],
+                                            val_fraction=config["val_fraction"], max_images=config["max_images"])
 
 
 def spread(values: list[float], fold_std: float) -> float:
@@ -220,17 +223,23 @@ def table_row(entry: dict, label: str, model, accuracies: list[dict]) -> dict:
             "search_minutes": entry["search_minutes"] if label == "searched" else None}
 
 
-def chosen_row(entry: dict, finalist_rows: list[dict], agreements: list[list[float]]) -> dict:
-    """The "searched" row of a run with finalists: per training seed s, the finalist with the highest
-    agreements[finalist][s] (`choose_finalist`); latency and size are means over the seeds' picks."""
-    picks = [choose_finalist([per_seed[s] for per_seed in agreements]) for s in range(len(agreements[0]))]
+def chosen_row(entry: dict, finalist_rows: list[dict], seeds: list[int], cosines: list[list[np.ndarray]]) -> dict:
+    """The "searched" row of a run with finalists: per training seed s (seeds[s]), the finalist whose held-out
+    cosines cosines[finalist][s] agree best with the teacher (`choose_finalist`), and by how many paired standard
+    errors each other finalist trails it (`cosine_margins`, as `edgefr search` tells a tie); latency and size are
+    means over the seeds' picks."""
+    agreements = [[mean_cosine(at_seed) for at_seed in per_finalist] for per_finalist in cosines]
+    picks = [choose_finalist([per_finalist[s] for per_finalist in agreements]) for s in range(len(seeds))]
+    margins = [cosine_margins([[per_finalist[s]] for per_finalist in cosines], pick) for s, pick in enumerate(picks)]
     first = finalist_rows[picks[0]]
     lfw = [finalist_rows[p]["lfw_seeds"][s] for s, p in enumerate(picks)]
     celeba = [finalist_rows[p]["celeba_seeds"][s] for s, p in enumerate(picks)]
     means = {key: statistics.fmean(finalist_rows[p][key] for p in picks)
              for key in ("measured_ms", "params_m", "mflops")}
     return {**first, **means, "model": "searched", "finalist": False, "search_minutes": entry["search_minutes"],
-            "chosen": [finalist_rows[p]["model"] for p in picks], "agreements": agreements,
+            "finalists": [r["model"] for r in finalist_rows], "chosen": [finalist_rows[p]["model"] for p in picks],
+            "training_seeds": seeds, "agreements": agreements,
+            "standard_errors_behind_chosen": margins,
             "lfw_seeds": lfw, "lfw": statistics.fmean(lfw), "lfw_std": spread(lfw, first["lfw_std"]),
             "celeba_seeds": celeba, "celeba": statistics.fmean(celeba),
             "celeba_std": spread(celeba, first["celeba_std"])}
@@ -249,7 +258,23 @@ def format_table(rows: list[dict], title: str) -> str:
         if "chosen" in r:
             lines.append(f"\n{r['device']} {r['budget_ms']:g} ms: searched = per training seed, the finalist whose "
                          f"held-out embeddings agree best with the teacher's: {', '.join(r['chosen'])}")
+            lines += [choice_line(r, s) for s in range(len(r["chosen"]))]
     return "\n".join(lines) + "\n"
+
+
+def choice_line(row: dict, s: int) -> str:
+    """How clearly the held-out images chose at the searched row's s-th training seed: each other finalist's paired
+    standard errors behind the chosen one, and those under SEPARATING_STANDARD_ERRORS named as the tie that
+    `edgefr search` would break by distilling them again at the next seed (a benchmark row keeps the one seed)."""
+    behind = dict(zip(row["finalists"], row["standard_errors_behind_chosen"][s]))
+    others = [name for name in row["finalists"] if name != row["chosen"][s]]
+    line = (f"- seed {row['training_seeds'][s]}: {row['chosen'][s]}, ahead of "
+            + ", ".join(f"{name} (not measured)" if math.isnan(behind[name]) else f"{name} by {behind[name]:.2f}"
+                        for name in others) + " paired standard errors")
+    if tied := [name for name in others if behind[name] < SEPARATING_STANDARD_ERRORS]:
+        line += (f"; a tie with {', '.join(tied)} (under {SEPARATING_STANDARD_ERRORS:g}), which `edgefr search` "
+                 f"breaks by distilling them again at the next seed")
+    return line
 
 
 def format_differences(rows: list[dict]) -> str:
@@ -311,7 +336,7 @@ def main(runs, teacher, data, kd, margin_weight, steps, activations, kernels, ex
     rows = []
     for entry in plan:
         run = run_name(entry["device"], entry["budget_ms"])
-        group, agreements = [], []
+        group, cosines = [], []
         for label, student in entry["students"].items():
             if students:
                 folders = [folder / f"{run}__{label}" for folder in students]
@@ -324,9 +349,11 @@ def main(runs, teacher, data, kd, margin_weight, steps, activations, kernels, ex
             group.append(table_row(entry, label, load_student(folders[0] / "best.pt")[0], accuracies))
             if label in entry.get("finalists", ()):
                 group[-1]["finalist"] = True
-                agreements.append([teacher_agreement(folder, teacher, data) for folder in folders])
-        if agreements:
-            group.insert(0, chosen_row(entry, group[:len(agreements)], agreements))
+                # Every finalist was trained in the same folders, so at the same seeds.
+                seeds, per_seed = zip(*(teacher_cosines(folder, teacher, data) for folder in folders))
+                cosines.append(list(per_seed))
+        if cosines:
+            group.insert(0, chosen_row(entry, group[:len(cosines)], list(seeds), cosines))
         rows += group
     if students:
         spread_note = "+- std over seeds" if len(students) > 1 else "+- 10-fold std"

@@ -413,7 +413,9 @@ def test_benchmark_pairs_seeds_and_claims_no_spread_from_one_seed():
 
 def test_benchmark_searched_row_takes_each_seeds_finalist_closest_to_the_teacher():
     """With --finalists, the searched row is what `edgefr search --finalists` would have delivered with each
-    training seed; the finalists keep their own rows and are not compared with the baseline as if baselines."""
+    training seed, and says where the held-out images could not tell the chosen finalist from another (the tie
+    `edgefr search` breaks at the next seed); the finalists keep their own rows and are not compared with the
+    baseline as if baselines."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     from search_vs_baselines import chosen_row, format_differences, format_table
 
@@ -422,18 +424,37 @@ def test_benchmark_searched_row_takes_each_seeds_finalist_closest_to_the_teacher
                 "mflops": 100 * ms, "seeds": 2, "lfw_seeds": lfw, "celeba_seeds": lfw, "lfw": sum(lfw) / 2,
                 "lfw_std": 1.0, "celeba": sum(lfw) / 2, "celeba_std": 1.0, "search_minutes": None, "finalist": finalist}
 
-    finalists = [row("finalist-1", 1.85, [81.0, 80.0]), row("finalist-2", 1.89, [85.0, 83.0])]
-    # Seed 0 agrees best with finalist-2, seed 1 with finalist-1 (finalist-2's NaN: nothing measured).
-    searched = chosen_row({"search_minutes": 12.5}, finalists, [[0.47, 0.51], [0.52, float("nan")]])
+    rng = np.random.default_rng(0)
+    images = rng.normal(0.5, 0.1, 400)  # per held-out image, what makes it easy or hard for every student
+
+    def trailing(lead):  # cosines `lead` below `images` on the mean, 0.01 apart image by image: lead / 0.0005 s.e.
+        noise = rng.normal(0.0, 0.01, len(images))
+        return images - lead + noise - noise.mean()
+
+    finalists = [row("finalist-1", 1.85, [81.0, 80.0]), row("finalist-2", 1.89, [85.0, 83.0]),
+                 row("finalist-3", 1.80, [84.0, 79.0])]
+    # Seed 0 agrees best with finalist-2, finalist-3 one standard error behind it; seed 1 with finalist-1
+    # (finalist-2: nothing measured).
+    cosines = [[trailing(0.05), images], [images, np.zeros(0)], [trailing(0.0005), trailing(0.05)]]
+    searched = chosen_row({"search_minutes": 12.5}, finalists, [0, 1], cosines)
     assert searched["chosen"] == ["finalist-2", "finalist-1"]
+    behind = searched["standard_errors_behind_chosen"]
+    assert behind[0] == pytest.approx([100.0, 0.0, 1.0], rel=0.1) and behind[1][0] == 0.0
+    assert math.isnan(behind[1][1]) and behind[1][2] == pytest.approx(100.0, rel=0.1)
     assert searched["lfw_seeds"] == [85.0, 80.0] and searched["lfw"] == 82.5
     assert searched["measured_ms"] == pytest.approx(1.87) and searched["search_minutes"] == 12.5
     baseline = row("mobilefacenet_w1_d0.75_relu", 1.83, [83.0, 82.0], finalist=False)
     differences = format_differences([searched, *finalists, baseline]).splitlines()
     assert differences[4:] == ["| host-ort | 2 | mobilefacenet_w1_d0.75_relu | +0.00 +- 2.83 (1/2) | "
                                "+0.00 +- 2.83 (1/2) |"]
-    assert "2 ms: searched = per training seed, the finalist whose held-out embeddings agree best with the " \
-           "teacher's: finalist-2, finalist-1" in format_table([searched, *finalists, baseline], "title")
+    table = format_table([searched, *finalists, baseline], "title").splitlines()
+    assert table[-3] == ("host-ort 2 ms: searched = per training seed, the finalist whose held-out embeddings agree "
+                         "best with the teacher's: finalist-2, finalist-1")
+    assert table[-2].startswith("- seed 0: finalist-2, ahead of finalist-1 by ")
+    assert table[-2].endswith(f"finalist-3 by {behind[0][2]:.2f} paired standard errors; a tie with finalist-3 "
+                              "(under 2), which `edgefr search` breaks by distilling them again at the next seed")
+    assert table[-1] == f"- seed 1: finalist-1, ahead of finalist-2 (not measured), finalist-3 by " \
+                        f"{behind[1][2]:.2f} paired standard errors"
 
 
 def test_benchmark_train_script_shares_the_cores_and_names_the_students_that_failed(tmp_path, monkeypatch):
